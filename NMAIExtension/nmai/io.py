@@ -1,0 +1,181 @@
+"""Reading and writing volumes.
+
+* NIfTI (``.nii``, ``.nii.gz``) and NRRD (``.nrrd``, ``.nhdr``) through SimpleITK. What a Volume is
+  (modality, units, SUV factors, provenance) is kept in a JSON sidecar beside the image
+  (``name.nii.gz`` -> ``name.json``, as BIDS does), because NIfTI has no place for it.
+* A folder of DICOM files: PET through :mod:`nmai.dicom_pet` (activity in Bq/ml with SUV factors),
+  other modalities through SimpleITK's series reader.
+
+Every file is written atomically (temporary file in the same folder, then ``os.replace``), so a crash or
+a cancel never leaves a half-written output behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from .errors import NMAIError
+from .volume import UNITS, Volume
+
+IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+
+
+def image_suffix(path) -> str:
+    name = str(path).lower()
+    for s in IMAGE_SUFFIXES:
+        if name.endswith(s):
+            return s
+    return ""
+
+
+def sidecar_path(path) -> Path:
+    path = Path(path)
+    suffix = image_suffix(path)
+    stem = path.name[: len(path.name) - len(suffix)] if suffix else path.stem
+    return path.with_name(stem + ".json")
+
+
+@contextlib.contextmanager
+def atomic_path(path):
+    """Yield a temporary path beside ``path``; move it into place only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = image_suffix(path) or path.suffix
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".part{suffix}", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_json(path, data) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, default=_json_default) + "\n")
+
+
+def _json_default(o):
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+# ---------------------------------------------------------------------------------------------- SimpleITK
+def to_sitk(volume: Volume):
+    import SimpleITK as sitk
+
+    array = volume.array
+    if array.dtype == np.float64:
+        array = array.astype(np.float32)
+    if array.dtype == bool:
+        array = array.astype(np.uint8)
+    image = sitk.GetImageFromArray(np.ascontiguousarray(array))
+    image.SetSpacing(volume.spacing)
+    image.SetOrigin(volume.origin)
+    image.SetDirection(tuple(volume.direction.flatten()))
+    return image
+
+
+def from_sitk(image, **kw) -> Volume:
+    import SimpleITK as sitk
+
+    if image.GetDimension() != 3:
+        raise NMAIError(f"expected a 3-D volume, got a {image.GetDimension()}-D image")
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise NMAIError("expected a scalar volume, got a multi-component (vector/RGB) image")
+    array = sitk.GetArrayFromImage(image)
+    direction = np.array(image.GetDirection()).reshape(3, 3)
+    return Volume(array, image.GetSpacing(), image.GetOrigin(), direction, **kw)
+
+
+# ---------------------------------------------------------------------------------------------- public API
+def read_volume(path, *, modality: str | None = None, units: str | None = None) -> Volume:
+    """Read a NIfTI/NRRD file (with its sidecar, if any) or a DICOM series folder.
+
+    ``modality``/``units`` fill in what the file does not say; they never override a sidecar or DICOM
+    header that does (a mismatch is an error, so a CT is never silently treated as PET).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise NMAIError(f"{path}: no such file or folder")
+    if path.is_dir() or path.suffix.lower() in (".dcm", ".ima") or _looks_like_dicom(path):
+        from .dicom import read_dicom_series
+
+        volume = read_dicom_series(path)
+    else:
+        volume = _read_image_file(path)
+    declared = {"modality": modality, "units": units}
+    for key, value in declared.items():
+        if value is None:
+            continue
+        current = getattr(volume, key)
+        if volume.metadata.get(f"{key}_from_file") and current != value:
+            raise NMAIError(f"{path}: file says {key} is {current!r}, but {value!r} was required")
+        setattr(volume, key, value)
+    return volume
+
+
+def _looks_like_dicom(path: Path) -> bool:
+    if not path.is_file():
+        return False
+    with open(path, "rb") as fh:
+        head = fh.read(132)
+    return len(head) == 132 and head[128:132] == b"DICM"
+
+
+def _read_image_file(path: Path) -> Volume:
+    import SimpleITK as sitk
+
+    if not image_suffix(path):
+        raise NMAIError(f"{path}: unsupported file type; use NIfTI (.nii/.nii.gz), NRRD (.nrrd) "
+                        "or a DICOM folder")
+    try:
+        image = sitk.ReadImage(str(path))
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unreadable"
+        raise NMAIError(f"{path}: cannot read image ({first[:200]})") from None
+    volume = from_sitk(image)
+    side = sidecar_path(path)
+    if side.exists():
+        try:
+            info = json.loads(side.read_text())
+        except (OSError, ValueError) as exc:
+            raise NMAIError(f"{side}: sidecar is not valid JSON ({exc}); fix or delete it") from None
+        volume.metadata.update(info.get("metadata", {}))
+        if info.get("units") in UNITS:
+            volume.units = info["units"]
+            volume.metadata["units_from_file"] = True
+        if info.get("modality"):
+            volume.modality = info["modality"]
+            volume.metadata["modality_from_file"] = True
+    volume.metadata.setdefault("source", str(path))
+    return volume
+
+
+def write_volume(volume: Volume, path, *, dtype=None) -> Path:
+    """Write ``volume`` atomically as NIfTI/NRRD plus its JSON sidecar. Returns the image path."""
+    import SimpleITK as sitk
+
+    path = Path(path)
+    if not image_suffix(path) or image_suffix(path) == ".nhdr":
+        raise NMAIError(f"{path}: output must end in .nii.gz, .nii, .nrrd or .mha")
+    out = volume if dtype is None else volume.derive(volume.array.astype(dtype))
+    meta = {k: v for k, v in out.metadata.items() if not k.endswith("_from_file")}
+    with atomic_path(path) as tmp:
+        sitk.WriteImage(to_sitk(out), str(tmp), useCompression=True)
+    write_json(sidecar_path(path), {"modality": out.modality, "units": out.units,
+                                    "quantity": out.quantity, "metadata": meta})
+    return path
