@@ -60,7 +60,8 @@ def main(argv=None) -> int:
             torch.set_num_threads(args.threads)
         except ImportError:  # pragma: no cover - torch is a dependency
             pass
-    progress = Progress(jsonl_sink() if args.jsonl else text_sink())
+    # human progress only on a terminal: logs and pipes get the result or the one-line error alone
+    progress = Progress(jsonl_sink() if args.jsonl else text_sink() if sys.stderr.isatty() else None)
     try:
         result = args.func(args, progress)
     except CancelledError as exc:
