@@ -53,3 +53,14 @@ def check_same_grid(a: Volume, b: Volume, names=("first", "second")) -> None:
     if not a.same_grid(b, tol=1e-3):
         raise NMAIError(f"{names[0]} and {names[1]} have different geometry (shape {a.shape} vs {b.shape}, "
                         f"spacing {a.spacing} vs {b.spacing}); resample one onto the other first")
+
+
+def check_mr(volume: Volume, name: str = "MR") -> Volume:
+    """An MR image: refuse PET, CT and μ-maps given as MR."""
+    check_volume(volume, name)
+    if volume.modality not in ("MR", "OT") or volume.units not in ("a.u.", "1"):
+        hint = {"PT": "a PET image", "CT": "a CT", "SEG": "a segmentation"}.get(volume.modality,
+                                                                               f"{volume.units} data")
+        raise NMAIError(f"{name}: this is {hint} ({volume.modality}, {volume.units}), not an MR image; "
+                        "select the MR series")
+    return volume
