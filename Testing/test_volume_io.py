@@ -106,3 +106,14 @@ def test_unreadable_files_give_one_line_errors(tmp_path, content, match):
 def test_unknown_units_are_refused():
     with pytest.raises(NMAIError, match="unknown units"):
         Volume(np.zeros((2, 2, 2)), units="mCi")
+
+
+def test_written_files_get_the_usual_permissions(tmp_path):
+    import os
+    import stat
+
+    path = write_volume(make("lps"), tmp_path / "pet.nii.gz")
+    mask = os.umask(0o022)
+    os.umask(mask)
+    for p in (path, sidecar_path(path)):
+        assert stat.S_IMODE(p.stat().st_mode) == 0o666 & ~mask

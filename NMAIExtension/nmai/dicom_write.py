@@ -111,6 +111,9 @@ def write_pet_dicom_series(volume: Volume, folder, *, patient_weight_kg: float |
 
 
 def _move_into_place(tmp: Path, folder: Path) -> None:
+    from .io import _umask
+
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes the folder private; give it the usual permissions
     if folder.exists():
         old = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".old", dir=folder.parent))
         os.rmdir(old)
