@@ -104,13 +104,20 @@ BAD = {
 
 @pytest.mark.parametrize("kind,match", [("nan", "NaN"), ("two_d", "2-D"), ("zeros", "zero")])
 def test_bad_volumes_are_refused_in_one_line(tmp_path, capsys, kind, match):
-    # NRRD: ITK's NIfTI reader turns NaN into 0, so NaNs can only arrive through NRRD/MHA/DICOM/MRML
     src = pet(tmp_path, name="pet.nrrd", array=BAD[kind]())
     out = tmp_path / "out.nii.gz"
     assert main(["denoise", str(src), "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip()
     assert match in err and len(err.splitlines()) == 1
     assert not out.exists()
+
+
+@pytest.mark.parametrize("name", ["pet.nii.gz", "pet.nii"])
+def test_nan_in_nifti_is_seen_although_itk_reads_it_as_zero(tmp_path, capsys, name):
+    src = pet(tmp_path, name=name, array=BAD["nan"]())
+    assert np.isnan(read_volume(src).array).sum() == 1
+    assert main(["denoise", str(src), "--out", str(tmp_path / "out.nii.gz")]) == 2
+    assert "1 voxels are NaN" in capsys.readouterr().err
 
 
 def test_non_pet_input_is_refused(tmp_path, capsys):
@@ -144,3 +151,52 @@ def test_help_lists_every_command():
     from nmai.cli import COMMANDS
     for name in COMMANDS:
         assert name in proc.stdout
+
+
+def test_output_never_overwrites_the_input_or_its_sidecar(tmp_path, capsys):
+    src = pet(tmp_path)
+    before = src.read_bytes()
+    assert main(["denoise", str(src), "--out", str(src)]) == 2
+    assert "would overwrite the input" in capsys.readouterr().err
+    assert main(["convert", str(src), "--out", str(tmp_path / "pet.nrrd")]) == 2  # pet.json is the input's
+    assert "sidecar" in capsys.readouterr().err
+    assert src.read_bytes() == before and not (tmp_path / "pet.nrrd").exists()
+
+
+def test_sidecar_of_another_image_is_neither_used_nor_replaced(tmp_path, capsys):
+    a = pet(tmp_path, name="x.nrrd", units="SUVbw", suv_bw_factor=1.0)
+    with pytest.raises(Exception, match="describes x.nrrd"):
+        write_volume(read_volume(a), tmp_path / "x.nii.gz")
+    import shutil
+    shutil.copy(pet(tmp_path, name="y.nii.gz"), tmp_path / "x.nii.gz")  # a NIfTI beside x.nrrd's sidecar
+    assert read_volume(tmp_path / "x.nii.gz").units == "1"  # x.json says nothing about x.nii.gz
+
+
+@pytest.mark.parametrize("content,match", [('["a list"]', "JSON object"), ('{"units": "mCi"}', "units 'mCi'"),
+                                           ('{"metadata": {"suv_bw_factor": "abc"}}', "positive number")])
+def test_bad_sidecars_are_one_line_errors(tmp_path, capsys, content, match):
+    src = pet(tmp_path)
+    sidecar_path(src).write_text(content)
+    assert main(["info", str(src), "--json"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert match in err and len(err.splitlines()) == 1
+
+
+def test_unwritable_output_is_a_one_line_error(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert main(["denoise", str(pet(tmp_path)), "--out", str(blocker / "sub" / "d.nii.gz")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    (tmp_path / "dir.nii.gz").mkdir()
+    assert main(["denoise", str(pet(tmp_path)), "--out", str(tmp_path / "dir.nii.gz")]) == 2
+    assert "is a folder" in capsys.readouterr().err
+
+
+def test_jsonl_info_keeps_the_protocol(tmp_path):
+    src = pet(tmp_path, suv_unavailable_reason="PatientWeight missing")
+    proc = subprocess.run([sys.executable, "-m", "nmai", "--jsonl", "info", str(src), "--json"],
+                          capture_output=True, text=True)
+    events = [json.loads(line) for line in proc.stdout.splitlines()]  # every line is one JSON object
+    result = events[-1]["result"]
+    assert result["suv_bw_factor"] is None and result["suv_unavailable_reason"] == "PatientWeight missing"

@@ -20,3 +20,9 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     np.testing.assert_allclose(suv.array, bq.array * summary["suv_bw_factor"], rtol=1e-5)
     assert summary["suv_max_gaussian6mm"] < summary["suv_max_raw"]
     assert len(list((out / "pet_dicom").iterdir())) == bq.shape[0]
+
+
+def test_demo_runs_twice_into_the_same_folder(tmp_path):
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out)]) == 0
+    assert main(["demo", "--out", str(out), "--seed", "1"]) == 0

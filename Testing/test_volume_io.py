@@ -117,3 +117,27 @@ def test_written_files_get_the_usual_permissions(tmp_path):
     os.umask(mask)
     for p in (path, sidecar_path(path)):
         assert stat.S_IMODE(p.stat().st_mode) == 0o666 & ~mask
+
+
+def test_atomic_folder_is_all_or_nothing(tmp_path):
+    from nmai.io import atomic_folder
+
+    target = tmp_path / "sim"
+    with pytest.raises(RuntimeError):
+        with atomic_folder(target) as tmp:
+            (tmp / "half.nii.gz").write_text("partial")
+            raise RuntimeError("crash while writing")
+    assert list(tmp_path.iterdir()) == []  # neither the target nor a temporary folder is left
+    with atomic_folder(target) as tmp:
+        (tmp / "simulation.json").write_text("{}")
+        (tmp / "stale.nii.gz").write_text("old")
+    with atomic_folder(target, replaceable=lambda f: (f / "simulation.json").exists()) as tmp:
+        (tmp / "simulation.json").write_text("{}")
+    assert sorted(p.name for p in target.iterdir()) == ["simulation.json"]  # the rerun left no stale file
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    with pytest.raises(NMAIError, match="not an empty folder"):
+        with atomic_folder(mine, replaceable=lambda f: (f / "simulation.json").exists()):
+            pass
+    assert (mine / "notes.txt").read_text() == "keep me"

@@ -21,9 +21,6 @@ What a physicist needs to know:
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable
@@ -31,6 +28,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .errors import NMAIError
+from .io import atomic_folder
 from .suv import GE_CREATOR, PHILIPS_CREATOR, average_count_rate_time_s, decayed_dose_bq
 from .volume import Volume
 
@@ -91,41 +89,14 @@ def write_pet_dicom_series(volume: Volume, folder, *, patient_weight_kg: float |
         raise NMAIError("the volume's slice axis is not perpendicular to its rows and columns; resample it to an "
                         "orthogonal grid before writing DICOM")
     folder = Path(folder)
-    if folder.exists() and (not folder.is_dir() or (any(folder.iterdir()) and not overwrite)):
-        raise NMAIError(f"{folder} exists and is not an empty folder; choose a new folder or allow overwrite")
-    folder.parent.mkdir(parents=True, exist_ok=True)
-
     base = _base_dataset(volume, dict(locals()))  # the keyword arguments above, by name
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".part", dir=folder.parent))
-    try:
+    with atomic_folder(folder, replaceable=lambda f: overwrite) as tmp:
         nk = data.shape[0]
         for k in range(nk):
             _write_slice(base, data[k], k, volume, tmp / f"PT_{k + 1:04d}.dcm")
             if progress is not None:
                 progress((k + 1) / nk, f"writing DICOM slice {k + 1}/{nk}")
-        _move_into_place(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return folder
-
-
-def _move_into_place(tmp: Path, folder: Path) -> None:
-    from .io import _umask
-
-    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes the folder private; give it the usual permissions
-    if folder.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".old", dir=folder.parent))
-        os.rmdir(old)
-        os.replace(folder, old)
-        try:
-            os.replace(tmp, folder)
-        except BaseException:
-            os.replace(old, folder)
-            raise
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, folder)
 
 
 def _base_dataset(volume: Volume, a: dict[str, Any]):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..io import read_volume, write_volume
+from ..io import read_volume, refuse_overwriting, write_volume
 from ..validate import check_volume
 
 
@@ -18,6 +18,7 @@ def add_parser(sub):
 
 
 def run(args, progress):
+    refuse_overwriting(args.out, args.path)
     progress(0.0, f"reading {args.path}")
     volume = check_volume(read_volume(args.path), "input")
     if args.suv:

@@ -23,7 +23,10 @@ F18_HALF_LIFE_S = 6586.2
 
 
 def add_parser(sub):
-    p = sub.add_parser("demo", help="run the main job on built-in synthetic data and say where the results are")
+    p = sub.add_parser("demo", help="run the main job on built-in synthetic data and say where the results are",
+                       description="Synthetic FDG PET written as a DICOM series with SUV tags, imported through "
+                                   "the scanner-data reader (QIBA SUV checked), Gaussian-filtered and written "
+                                   "back as NIfTI in Bq/ml and SUV. Running it again replaces its outputs.")
     p.add_argument("--out", default="nmai-demo", help="output folder (default ./nmai-demo)")
     p.add_argument("--seed", type=int, default=0, help="random seed of the synthetic patient")
     p.set_defaults(func=run)
@@ -60,7 +63,8 @@ def run(args, progress):
     dicom_dir = out / "pet_dicom"
     progress(0.1, f"writing it as a DICOM PET series to {dicom_dir}")
     write_pet_dicom_series(pet, dicom_dir, patient_weight_kg=WEIGHT_KG, injected_dose_bq=DOSE_BQ,
-                           injection_datetime=injection, scan_datetime=scan, half_life_s=F18_HALF_LIFE_S)
+                           injection_datetime=injection, scan_datetime=scan, half_life_s=F18_HALF_LIFE_S,
+                           overwrite=True)  # the demo's own folder: a second run replaces it
     progress(0.3, "importing the DICOM series (QIBA SUV)")
     imported = read_volume(dicom_dir)
     expected = WEIGHT_KG * 1000.0 / (DOSE_BQ * 2 ** (-3600.0 / F18_HALF_LIFE_S))

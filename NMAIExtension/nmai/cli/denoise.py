@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..filters import gaussian_filter
-from ..io import read_volume, write_volume
+from ..io import read_volume, refuse_overwriting, write_volume
 from ..validate import PET_UNITS, check_pet
 
 METHODS = ["gaussian"]
@@ -23,6 +23,7 @@ def add_parser(sub):
 
 
 def run(args, progress):
+    refuse_overwriting(args.out, args.input)
     progress(0.0, f"reading {args.input}")
     volume = read_volume(args.input, units=args.units)
     if volume.modality == "OT" and volume.units in PET_UNITS:

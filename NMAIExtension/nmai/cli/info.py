@@ -37,6 +37,8 @@ def describe(volume) -> dict:
     if volume.units in ("SUVbw", "SUVlbm"):  # already SUV: the factor from SUV to SUV is 1
         info[f"suv_{volume.units[3:].lower()}_factor"] = 1.0
         info.pop(f"suv_{volume.units[3:].lower()}_unavailable_reason", None)
+    if info["suv_bw_factor"] is None:  # the name issue #2 and scripts ask for
+        info["suv_unavailable_reason"] = info["suv_bw_unavailable_reason"]
     finite = data[np.isfinite(data)] if data.size else data
     info["statistics"] = {
         "min": float(finite.min()) if finite.size else None,
@@ -70,7 +72,9 @@ def run(args, progress):
     info = describe(volume)
     info["path"] = str(args.path)
     progress(1.0, "done")
+    if args.jsonl:  # the result line carries it; never break the JSON-lines stream
+        return info
     if args.json:
         print(json.dumps(info, indent=2))
-        return None if not args.jsonl else info
+        return None
     return {**info, "message": _text(args.path, info)}

@@ -18,7 +18,7 @@ import numpy as np
 
 from .. import __version__
 from ..errors import NMAIError
-from ..io import write_json, write_volume
+from ..io import atomic_folder, write_json, write_volume
 from ..progress import as_progress
 from ..volume import Volume
 from .acquisition import Acquisition, check_inputs, grid_of, simulate_acquisition
@@ -153,38 +153,39 @@ def simulate(phantom: Phantom | None = None, *, activity: Volume | None = None, 
 def write_simulation(sim: Simulation, out_dir, progress=None) -> dict:
     """Write every file of a simulation folder; returns {name: path}."""
     progress = as_progress(progress)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = {}
-    names = list(sim.volumes)
-    for i, name in enumerate(names):
-        progress(i / (len(names) + 2), f"writing {name}")
-        vol = sim.volumes[name]
-        dtype = np.uint8 if name == "labels" and vol.array.max(initial=0) < 256 else None
-        paths[name] = str(write_volume(vol, out / f"{name}.nii.gz", dtype=dtype))
-    sim.acquisition.save(out)
-    paths["acquisition"] = str(out / "acquisition.npz")
-    if sim.recon is not None:
-        paths["recon"] = str(write_volume(sim.recon, out / "recon.nii.gz"))
-    summary = dict(sim.summary, files={k: Path(v).name for k, v in paths.items()})
-    write_json(out / "simulation.json", summary)
-    paths["simulation"] = str(out / "simulation.json")
+    final = Path(out_dir)
+    files = {}
+    # all or nothing: an interrupted run leaves no partial folder, a rerun no stale files
+    with atomic_folder(final, replaceable=lambda f: (f / "simulation.json").exists()) as out:
+        names = list(sim.volumes)
+        for i, name in enumerate(names):
+            progress(i / (len(names) + 2), f"writing {name}")
+            vol = sim.volumes[name]
+            dtype = np.uint8 if name == "labels" and vol.array.max(initial=0) < 256 else None
+            files[name] = write_volume(vol, out / f"{name}.nii.gz", dtype=dtype).name
+        sim.acquisition.save(out)
+        files["acquisition"] = "acquisition.npz"
+        if sim.recon is not None:
+            files["recon"] = write_volume(sim.recon, out / "recon.nii.gz").name
+        write_json(out / "simulation.json", dict(sim.summary, files=dict(files)))
+        files["simulation"] = "simulation.json"
     progress(1.0, "written")
-    return paths
+    return {k: str(final / v) for k, v in files.items()}
 
 
 def write_phantom(phantom: Phantom, out_dir) -> dict:
-    out = Path(out_dir)
-    paths = {}
-    for name, vol in phantom.volumes.items():
-        dtype = np.uint8 if name == "labels" else None
-        paths[name] = str(write_volume(vol, out / f"{name}.nii.gz", dtype=dtype))
-    truth = {k: v["mean_bq_ml"] for k, v in phantom.truth_means().items()}
-    write_json(out / "phantom.json", {"nmai_version": __version__, "phantom": phantom.info,
-                                      "labels": phantom.label_table, "truth_mean_bq_ml": truth,
-                                      "files": {k: Path(v).name for k, v in paths.items()}})
-    paths["phantom"] = str(out / "phantom.json")
-    return paths
+    final = Path(out_dir)
+    files = {}
+    with atomic_folder(final, replaceable=lambda f: (f / "phantom.json").exists()) as out:
+        for name, vol in phantom.volumes.items():
+            dtype = np.uint8 if name == "labels" else None
+            files[name] = write_volume(vol, out / f"{name}.nii.gz", dtype=dtype).name
+        truth = {k: v["mean_bq_ml"] for k, v in phantom.truth_means().items()}
+        write_json(out / "phantom.json", {"nmai_version": __version__, "phantom": phantom.info,
+                                          "labels": phantom.label_table, "truth_mean_bq_ml": truth,
+                                          "files": dict(files)})
+        files["phantom"] = "phantom.json"
+    return {k: str(final / v) for k, v in files.items()}
 
 
 def reconstruct_folder(sim_dir, out, *, mumap_path=None, iterations: int = DEFAULT_ITERATIONS,
