@@ -18,7 +18,7 @@ from ..errors import CancelledError, NMAIError
 from ..progress import Progress, jsonl_sink, text_sink
 
 # Order is the order shown by ``nmai --help``.
-COMMANDS = ["info", "convert", "denoise", "attenuation", "demo", "phantom", "simulate", "reconstruct", "bench"]
+COMMANDS = ["info", "convert", "denoise", "attenuation", "demo", "phantom", "simulate", "reconstruct", "bench", "train"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -62,6 +62,7 @@ def main(argv=None) -> int:
             pass
     # human progress only on a terminal: logs and pipes get the result or the one-line error alone
     progress = Progress(jsonl_sink() if args.jsonl else text_sink() if sys.stderr.isatty() else None)
+    _exit_cleanly_on_sigterm()
     try:
         result = args.func(args, progress)
     except CancelledError as exc:
@@ -70,12 +71,26 @@ def main(argv=None) -> int:
         return _fail(args, str(exc), 2)
     except KeyboardInterrupt:
         return _fail(args, "interrupted; nothing was written", 130)
+    except OSError as exc:  # a folder that cannot be created, a full disk, no permission ...
+        where = f": {exc.filename}" if exc.filename else ""
+        return _fail(args, f"{exc.strerror or exc}{where}", 2)
     if args.jsonl:
         sys.stdout.write(json.dumps({"type": "result", "result": result}) + "\n")
         sys.stdout.flush()
     else:
         _print_human(result)
     return 0
+
+
+def _exit_cleanly_on_sigterm() -> None:
+    """SIGTERM (Cancel in Slicer) unwinds like Ctrl-C, so atomic writes remove their temporary files."""
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        def handler(signum, frame):  # noqa: ARG001
+            raise KeyboardInterrupt
+        signal.signal(signal.SIGTERM, handler)
 
 
 def _fail(args, message: str, code: int) -> int:

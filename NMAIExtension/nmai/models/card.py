@@ -220,7 +220,8 @@ def validate_card(card, source="model card", *, require_sha: bool = True) -> dic
     c["network_data_format"] = validate_data_format(c.get("network_data_format"), source)
     training = _field(source, c, "training", "", "dict")
     _unknown(source, training, {"command", "seed", "preset", "duration_s", "device", "steps"}, "training.",
-             {"lr", "schedule", "optimizer", "final_losses", "resumed_from", "history", "batch_size"})
+             {"lr", "schedule", "optimizer", "final_losses", "resumed_from", "history", "batch_size",
+              "loss", "data", "total_s"})
     _field(source, training, "command", "training.", "str")
     _field(source, training, "seed", "training.", "int")
     _field(source, training, "steps", "training.", "nonneg_int")

@@ -1,0 +1,249 @@
+"""Training the MR -> μ-map U-Nets on simulated phantoms (``nmai train attenuation``).
+
+Data: whole-body phantoms (``nmai.sim.make_phantom``) from seeds never used for evaluation, each drawn at a
+random voxel size (3–5 mm) and resampled to the model's 4 mm grid, so the network sees the blur of other
+MR resolutions; anatomy, body size, arms, tissue values, coil bias and noise vary with the seed, and extra
+noise is added per case. Inputs are normalised exactly as at inference (z-score in the body, per volume).
+
+Network: a 2.5-D MONAI U-Net — five neighbouring axial slices of each MR channel in, μ of the centre slice
+out (cm⁻¹ / 0.1). 2.5-D because on 2 CPU cores a 2-D network runs several times more efficiently than a
+3-D one (``../shared/design/NUMBERS.md``) while the neighbouring slices give the through-plane context that
+tells bone from air. The loss is L1 with bone voxels weighted ×5: bone is what the Dixon method gets wrong.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import NMAIError
+from ..progress import as_progress
+
+SPACING_MM = 4.0
+ROI = 128
+CONTEXT = 2
+MU_SCALE = 0.1  # network output x 0.1 = μ in cm^-1
+BONE_MU = 0.105  # cm^-1: above soft tissue (≤ 0.101), below trabecular bone (≥ 0.107)
+TRAIN_SEED_BASE = 10_000  # training phantoms use seeds 10000+; evaluation uses seeds below 10000
+INPUTS = {"dixon": ("mr_water", "mr_fat"), "t1": ("mr_t1",)}
+NAMES = {"dixon": "attenuation-dixon-unet", "t1": "attenuation-t1-unet"}
+
+
+@dataclass(frozen=True)
+class Preset:
+    cases: int
+    steps: int
+    batch: int
+    channels: tuple
+    val_cases: int
+    lr: float = 2e-3
+    voxel_mm: tuple = (3.0, 5.0)  # MR voxel sizes drawn per phantom before resampling to 4 mm
+
+
+PRESETS = {
+    "shipped": Preset(cases=32, steps=2000, batch=16, channels=(32, 64, 128, 256), val_cases=3),
+    "quick": Preset(cases=2, steps=4, batch=2, channels=(8, 16, 32, 64), val_cases=1,
+                    voxel_mm=(5.0, 6.0)),  # for tests and CI: proves the code runs, trains nothing useful
+}
+
+
+def network_spec(inputs: str, preset: Preset) -> dict:
+    c_in = len(INPUTS[inputs]) * (2 * CONTEXT + 1)
+    return {"name": "unet", "kwargs": {"spatial_dims": 2, "in_channels": c_in, "out_channels": 1,
+                                       "channels": list(preset.channels), "strides": [2] * (len(preset.channels) - 1),
+                                       "num_res_units": 2, "norm": "INSTANCE", "act": "PRELU"}}
+
+
+def data_format(inputs: str) -> dict:
+    mr_in = {"channels": 1, "modality": "MR", "units": "a.u.",
+             "normalisation": {"method": "zscore", "body_fraction": 0.05}}
+    return {"dims": 2, "context_slices": CONTEXT, "roi_size": [ROI, ROI],
+            "spacing_mm": [SPACING_MM] * 3,
+            "inputs": {name[3:]: dict(mr_in) for name in INPUTS[inputs]},
+            "outputs": {"mumap": {"channels": 1, "modality": "OT", "units": "cm-1", "activation": "none",
+                                  "normalisation": {"method": "linear", "offset": 0.0, "scale": MU_SCALE}}}}
+
+
+def make_case(seed: int, inputs: str, voxel_range=(3.0, 5.0), *, random_resolution: bool = True) -> dict:
+    """One phantom's normalised MR channels (C, Z, Y, X) and μ target (Z, Y, X) on the 4 mm grid."""
+    from scipy import ndimage
+
+    from ..models.normalisation import compute_stats, normalise
+    from ..sim import make_phantom
+
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 7]))
+    voxel = float(rng.uniform(*voxel_range)) if random_resolution else SPACING_MM
+    phantom = make_phantom("wholebody", seed=seed, voxel_mm=voxel, arms=bool(rng.random() < 0.4))
+    zoom = voxel / SPACING_MM
+
+    def on_grid(array, order=1):
+        array = np.asarray(array, np.float32)
+        if abs(zoom - 1) < 1e-6:
+            return array
+        if zoom < 1:  # larger voxels: anti-alias first, as the inference resampler does
+            array = ndimage.gaussian_filter(array, sigma=0.5 / zoom * 0.85)
+        return ndimage.zoom(array, zoom, order=order)
+
+    spec = data_format(inputs)["inputs"]
+    x, pad = [], []
+    for name in INPUTS[inputs]:
+        norm = spec[name[3:]]["normalisation"]
+        raw = on_grid(phantom.volumes[name].array)
+        raw = np.abs(raw + rng.normal(0, rng.uniform(0, 20), raw.shape).astype(np.float32))  # extra noise
+        stats = compute_stats(raw, norm)
+        x.append(normalise(raw, norm, stats))
+        pad.append(float(normalise(np.zeros(1, np.float32), norm, stats)[0]))  # air, normalised
+    mu = on_grid(phantom.mumap.array) / MU_SCALE
+    return {"x": np.stack(x), "y": mu.astype(np.float32), "pad": pad, "seed": seed, "voxel_mm": voxel}
+
+
+def _pad_case(case: dict) -> dict:
+    """Pad in-plane to at least ROI with each channel's normalised air value (and μ 0)."""
+    _, nz, ny, nx = case["x"].shape
+    py, px = max(0, ROI - ny), max(0, ROI - nx)
+    if py or px:
+        pads = ((0, 0), (py // 2, py - py // 2), (px // 2, px - px // 2))
+        case["x"] = np.stack([np.pad(c, pads, constant_values=v) for c, v in zip(case["x"], case["pad"])])
+        case["y"] = np.pad(case["y"], pads, constant_values=0.0)
+    return case
+
+
+def build_cases(seeds, inputs: str, voxel_range=(3.0, 5.0), workers: int = 1, progress=None) -> list[dict]:
+    progress = as_progress(progress)
+    seeds = list(seeds)
+    args = (seeds, [inputs] * len(seeds), [voxel_range] * len(seeds))
+    if workers > 1:
+        from concurrent.futures import ProcessPoolExecutor
+
+        pool = ProcessPoolExecutor(workers)
+        made = pool.map(make_case, *args)
+    else:
+        pool, made = None, map(make_case, *args)
+    try:
+        cases = []
+        for i, case in enumerate(made):
+            cases.append(_pad_case(case))
+            progress((i + 1) / len(seeds), f"phantom {i + 1}/{len(seeds)}")
+        return cases
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+
+
+class SliceSampler:
+    """Random 2.5-D training windows: (B, C·(2k+1), ROI, ROI) inputs and (B, 1, ROI, ROI) μ targets."""
+
+    def __init__(self, cases: list[dict], batch: int, device):
+        import torch
+
+        self.batch = batch
+        self.x = [torch.from_numpy(c["x"]).to(device) for c in cases]
+        self.y = [torch.from_numpy(c["y"]).to(device) for c in cases]
+
+    def __call__(self, step: int, rng: np.random.Generator):
+        import torch
+
+        xs, ys = [], []
+        for _ in range(self.batch):
+            i = int(rng.integers(len(self.x)))
+            x, y = self.x[i], self.y[i]
+            nz, ny, nx = y.shape
+            k = int(rng.integers(nz))
+            ks = [min(max(k + d, 0), nz - 1) for d in range(-CONTEXT, CONTEXT + 1)]  # edges repeat
+            j0, i0 = int(rng.integers(ny - ROI + 1)), int(rng.integers(nx - ROI + 1))
+            win = x[:, ks, j0:j0 + ROI, i0:i0 + ROI]  # (C, 2k+1, ROI, ROI): channel-major like inference
+            xs.append(win.reshape(-1, ROI, ROI))
+            ys.append(y[k:k + 1, j0:j0 + ROI, i0:i0 + ROI])
+        return torch.stack(xs), torch.stack(ys)
+
+
+def bone_weighted_l1(pred, target):
+    weight = 1.0 + 4.0 * (target > BONE_MU / MU_SCALE).float()
+    return (weight * (pred - target).abs()).mean()
+
+
+def mu_metrics(pred_mu: np.ndarray, true_mu: np.ndarray) -> dict:
+    """μ MAE in the body and Dice of bone (μ above ``BONE_MU``) between two μ-maps (cm⁻¹)."""
+    body = true_mu > 0.01
+    a, b = pred_mu > BONE_MU, true_mu > BONE_MU
+    dice = 2.0 * np.sum(a & b) / max(np.sum(a) + np.sum(b), 1)
+    return {"mu_mae_body_cm-1": float(np.mean(np.abs(pred_mu - true_mu)[body])), "bone_dice": float(dice)}
+
+
+def train_attenuation(inputs: str, out_dir, *, preset: str = "shipped", device=None, workers: int = 1,
+                      checkpoint_dir=None, progress=None, command: str = "") -> dict:
+    """Train one model (``inputs`` "dixon" or "t1") and save it as an NMAI model folder in ``out_dir``."""
+    from ..models import build_network, new_card, save_model
+    from ..training import card_training, seed_everything, train
+
+    if inputs not in INPUTS:
+        raise NMAIError(f"unknown inputs {inputs!r}; use one of {', '.join(INPUTS)}")
+    if preset not in PRESETS:
+        raise NMAIError(f"unknown preset {preset!r}; use one of {', '.join(PRESETS)}")
+    p, progress = PRESETS[preset], as_progress(progress)
+    t0 = time.time()
+    seed = 1 if inputs == "dixon" else 2
+    seed_everything(seed)
+    train_seeds = range(TRAIN_SEED_BASE, TRAIN_SEED_BASE + p.cases)
+    cases = build_cases(train_seeds, inputs, p.voxel_mm, workers, progress.sub(0.0, 0.3))
+    data_s = time.time() - t0
+    network = network_spec(inputs, p)
+    module = build_network(network)
+    from ..models.loading import pick_device
+
+    dev = pick_device(device)
+    sampler = SliceSampler(cases, p.batch, dev)
+    result = train(module, sampler, bone_weighted_l1, steps=p.steps, lr=p.lr, seed=seed,
+                   checkpoint_dir=checkpoint_dir, progress=progress.sub(0.3, 0.9), device=dev,
+                   log_every=max(1, p.steps // 20), checkpoint_every=max(1, p.steps // 10), warmup_steps=p.steps // 30)
+    module.eval().cpu()
+    training = card_training(result, command or f"nmai train attenuation --inputs {inputs} --preset {preset}", preset)
+    training.update({"batch_size": p.batch, "loss": "L1, bone voxels x5",
+                     "data": {"phantoms": p.cases, "seeds": [train_seeds.start, train_seeds.stop - 1],
+                              "voxel_mm_range": list(p.voxel_mm), "build_s": round(data_s, 1)}})
+    folder = Path(out_dir) / NAMES[inputs]
+
+    def save(metrics):
+        training["total_s"] = round(time.time() - t0, 1)
+        card = new_card(
+            name=NAMES[inputs], task="attenuation", network=network, network_data_format=data_format(inputs),
+            training=training, version="0.1.0",
+            description=("2.5-D MONAI U-Net: MR " + ("Dixon water + fat" if inputs == "dixon" else "T1-weighted")
+                         + " -> PET attenuation map (μ at 511 keV, cm⁻¹), 4 mm grid; pseudo-CT by inverse "
+                           "bilinear conversion of μ"),
+            intended_use="research only; trained on simulated phantoms — validate on your scanner's data and "
+                         "retrain with `nmai train attenuation` before any use on patients",
+            data_source=f"NMAI simulator whole-body phantoms, seeds {train_seeds.start}-{train_seeds.stop - 1}, "
+                        f"voxel {p.voxel_mm[0]:g}-{p.voxel_mm[1]:g} mm resampled to 4 mm, with and without arms",
+            metrics=metrics)
+        save_model(module, folder, card)
+
+    save({})  # the trained weights are safe before the (slow, CPU) validation runs
+    progress(0.9, "validating on held-out phantoms")
+    metrics = {"validation": validate(module, inputs, range(TRAIN_SEED_BASE + 5000,
+                                                           TRAIN_SEED_BASE + 5000 + p.val_cases))}
+    save(metrics)
+    progress(1.0, f"saved {folder}")
+    return {"folder": str(folder), "metrics": metrics["validation"], "training": training}
+
+
+def validate(module, inputs: str, seeds) -> dict:
+    """Bone Dice and μ MAE of ``module`` on phantoms it never saw (4 mm, sliding window like inference)."""
+    import torch
+
+    from ..models.sliding import sliding_predict
+
+    per_case = []
+    for seed in seeds:
+        case = make_case(seed, inputs, random_resolution=False)
+        with torch.no_grad():
+            y, _ = sliding_predict(module, case["x"], dims=2, context_slices=CONTEXT, roi_size=[ROI, ROI],
+                                   out_channels=1, device="cpu")
+        per_case.append(mu_metrics(y[0] * MU_SCALE, case["y"] * MU_SCALE))
+    keys = per_case[0].keys() if per_case else []
+    return {"cases": len(per_case), "first_seed": int(seeds[0]),
+            **{k: float(np.mean([c[k] for c in per_case])) for k in keys}}
+

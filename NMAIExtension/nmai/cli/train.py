@@ -1,0 +1,40 @@
+"""``nmai train TASK``: train a model on simulated phantoms (or, later, your own data) and save its folder."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def add_parser(sub):
+    p = sub.add_parser("train", help="train a model on simulated phantoms and write a model folder with its card",
+                       description="Train a model and write an NMAI model folder (model.safetensors + "
+                                   "metadata.json with sha256, data, seeds, time and metrics). Use --register to "
+                                   "add it to the built-in registry (maintainers) or pass the folder path to "
+                                   "the commands that take --model.")
+    p.add_argument("task", choices=["attenuation"], help="what to train")
+    p.add_argument("--inputs", choices=["dixon", "t1"], default="dixon",
+                   help="attenuation: MR inputs, Dixon water+fat or T1 (default dixon)")
+    p.add_argument("--preset", choices=["shipped", "quick"], default="shipped",
+                   help="'shipped' reproduces the shipped model; 'quick' is a few steps to check the code")
+    p.add_argument("--out", default="nmai-models", help="folder to write the model folder into")
+    p.add_argument("--checkpoints", default=None,
+                   help="checkpoint folder: an interrupted run started again with the same folder resumes")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--workers", type=int, default=1, help="processes that build phantoms in parallel")
+    p.add_argument("--register", action="store_true", help="add the model to nmai/models/models.json")
+    p.set_defaults(func=run)
+
+
+def run(args, progress):
+    from ..attenuation.training import train_attenuation
+    from ..models import register_model
+
+    command = "nmai train attenuation --inputs {} --preset {}".format(args.inputs, args.preset)
+    result = train_attenuation(args.inputs, Path(args.out), preset=args.preset, device=args.device,
+                               workers=max(1, min(args.workers, os.cpu_count() or 1)),
+                               checkpoint_dir=args.checkpoints, progress=progress, command=command)
+    if args.register:
+        register_model(result["folder"])
+    return {**result, "message": f"wrote {result['folder']} (validation {result['metrics']})",
+            "outputs": {"model": result["folder"]}}
