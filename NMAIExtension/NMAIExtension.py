@@ -7,8 +7,9 @@
   - the other requirements through ``slicer.packaging.pip_ensure`` (Slicer >= 5.12), else
     ``slicer.util.pip_install`` after a confirmation. Slicer's own numpy, SimpleITK and requests (and torch)
     are never replaced: they are pinned in a constraints file and MONAI is installed without dependencies.
-* Sample data: none is registered yet. NMAI's demo data are simulated by the engine (``nmai demo``), not
-  downloaded; a sample-data entry will be added when a public PET/CT case is hosted for the extension.
+* Sample data: simulated PET/MR studies (whole body, NEMA IEC, brain) appear in the Sample Data module under
+  "NMAI". Nothing is downloaded: the first click runs the engine's simulator in a child process (about 20 s,
+  with a progress dialog and Cancel) into Slicer's cache folder; later clicks load the cached study.
 """
 
 import importlib.util
@@ -51,6 +52,59 @@ class NMAIExtension(ScriptedLoadableModule):
             "dependencies when a module first needs them.")
         self.parent.acknowledgementText = _("NMAI is an open-source extension for nuclear-medicine imaging.")
         self.parent.hidden = True
+        slicer.app.connect("startupCompleted()", registerSampleData)
+
+
+def registerSampleData():
+    """Add the simulated studies to the Sample Data module (nothing is simulated until one is clicked)."""
+    try:
+        import SampleData
+    except ImportError:
+        return
+    from NMAIExtensionLib.sampledata import STUDIES
+
+    icon = os.path.join(_HERE, "Resources", "Icons", "NMAIExtension.png")
+    for name in STUDIES:
+        SampleData.SampleDataLogic.registerCustomSampleDataSource(
+            category="NMAI", sampleName=name, uris=[], fileNames=[], nodeNames=[], thumbnailFileName=icon,
+            customDownloader=lambda source, n=name: loadSimulatedStudy(n))
+
+
+def loadSimulatedStudy(name):
+    """Simulate (first time, in a child process with a progress dialog) and load one NMAI sample study."""
+    import qt
+
+    from NMAIExtensionLib import sampledata
+    from NMAIExtensionLib.messages import user_message
+    from NMAIExtensionLib.runner import TaskRunner
+
+    try:
+        if not sampledata.is_cached(name):
+            if not NMAIExtensionLogic().ensureDependencies(requester=_("NMAI sample data")):
+                return None
+            runner = TaskRunner(sampledata.simulate_args(name)).start()
+            dialog = slicer.util.createProgressDialog(labelText=_("Simulating {name}…").format(name=name),
+                                                      maximum=100, windowTitle=_("NMAI sample data"))
+            try:
+                while not runner.finished:
+                    dialog.setValue(int(100 * runner.fraction))
+                    dialog.setLabelText(runner.message or _("Simulating {name}…").format(name=name))
+                    slicer.app.processEvents(qt.QEventLoop.AllEvents, 100)
+                    if dialog.wasCanceled:
+                        runner.cancel()
+                        return None
+            finally:
+                dialog.close()
+            runner.wait()
+        nodes = sampledata.load_study(name, slicer.mrmlScene)
+    except Exception as exc:
+        slicer.util.errorDisplay(user_message(exc), windowTitle=_("NMAI sample data"))
+        return None
+    pet = nodes.get("recon")
+    if pet is not None:
+        slicer.util.setSliceViewerLayers(background=nodes.get("ct") or nodes.get("mr_water"), foreground=pet,
+                                         foregroundOpacity=0.5, fit=True)
+    return list(nodes.values())
 
 
 class NMAIExtensionWidget(ScriptedLoadableModuleWidget):
