@@ -119,3 +119,8 @@ def test_bad_phantom_requests_are_refused():
         make_phantom("banana")
     with pytest.raises(NMAIError, match="voxel"):
         make_phantom("brain", voxel_mm=50.0)
+
+
+def test_nema_refuses_weight_and_dose():
+    with pytest.raises(NMAIError, match="not dosed"):
+        make_phantom("nema", weight_kg=70.0, mr=False)

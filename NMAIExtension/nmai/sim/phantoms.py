@@ -188,6 +188,9 @@ def make_phantom(name: str = "wholebody", seed: int = 0, voxel_mm: float | None 
             label_table[f"sphere_{int(nema_mod.SPHERE_DIAMETERS_MM[v - SPHERE_LABEL_BASE])}mm"] = v
     # activity scale: Bq/ml per SUV unit (or per relative unit for NEMA)
     if name == "nema":
+        if weight_kg is not None or dose_mbq is not None:
+            raise NMAIError("the NEMA phantom is filled with a background activity concentration, not dosed "
+                            "by weight; drop --weight/--dose (the SUV factor makes the background SUV 1)")
         scale = float(background_bq_ml)
         volume_ml = float((cv.labels > 0).sum()) * fine ** 3 / 1000.0
         info.update(weight_kg=None, suv_bw_factor=1.0 / scale,
