@@ -1,4 +1,4 @@
-"""NMAI Attenuation: PET attenuation map (μ at 511 keV, cm⁻¹) from CT.
+"""NMAI Attenuation: PET attenuation map (μ at 511 keV, cm⁻¹) from CT, or from MR (U-Net, Dixon 4-class).
 
 The panel is thin: it binds its widgets to a parameter node, starts the Logic in a child process and shows
 its progress. All work is in ``NMAIAttenuationLib.logic`` (importable and tested without the application) and
@@ -28,7 +28,9 @@ _SHARED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "NMAIEx
 if os.path.isdir(_SHARED) and _SHARED not in sys.path:  # source tree; installed modules share one folder
     sys.path.append(_SHARED)
 
-from NMAIAttenuationLib.logic import KVP_CHOICES, NMAIAttenuationLogic  # noqa: E402
+from NMAIAttenuationLib.logic import INPUT_CHOICES, KVP_CHOICES, MR_METHODS, NMAIAttenuationLogic  # noqa: E402
+
+DIXON, T1, CT = list(INPUT_CHOICES)
 
 
 class NMAIAttenuation(ScriptedLoadableModule):
@@ -39,17 +41,28 @@ class NMAIAttenuation(ScriptedLoadableModule):
         self.parent.dependencies = ["NMAIExtension"]
         self.parent.contributors = ["NMAI contributors"]
         self.parent.helpText = _(
-            "Make a PET attenuation map from a CT: linear attenuation coefficients at 511 keV in cm⁻¹, by "
-            "bilinear conversion of CT numbers for the CT's tube voltage (Carney et al., Med Phys 2006). "
-            "The result is a NEW volume named &lt;ct&gt;_mumap on the CT's grid, in the same study. "
-            "The CT is never modified.")
+            "Make a PET attenuation map (linear attenuation coefficients at 511 keV, cm⁻¹). From a CT: bilinear "
+            "conversion of CT numbers for the CT's tube voltage (Carney et al., Med Phys 2006). From MR (Dixon "
+            "water + fat, or a T1-weighted image): a MONAI U-Net trained on simulated PET/MR phantoms (bone "
+            "included), or the Dixon 4-class reference (air, lung, fat, soft tissue; no bone, so PET in bone is "
+            "underestimated). MR runs also make a pseudo-CT (HU). With a CT to compare with, a μ difference map "
+            "and a table of regional differences are added. Results are NEW volumes named after the first "
+            "input, on its grid, in its study; inputs are never modified. Research use only.")
         self.parent.acknowledgementText = _("NMAI is an open-source extension for nuclear-medicine imaging.")
 
 
 @parameterNodeWrapper
 class NMAIAttenuationParameterNode:
+    inputType: Annotated[str, Choice(list(INPUT_CHOICES))] = DIXON
+    waterVolume: vtkMRMLScalarVolumeNode
+    fatVolume: vtkMRMLScalarVolumeNode
+    t1Volume: vtkMRMLScalarVolumeNode
     ctVolume: vtkMRMLScalarVolumeNode
+    compareCtVolume: vtkMRMLScalarVolumeNode
     kvp: Annotated[int, Choice(list(KVP_CHOICES))] = 120
+    method: Annotated[str, Choice(list(MR_METHODS))] = "unet"
+    modelPath: str = ""
+    pseudoCt: bool = True
 
 
 class NMAIAttenuationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
@@ -103,10 +116,13 @@ class NMAIAttenuationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def initializeParameterNode(self) -> None:
         self.setParameterNode(NMAIAttenuationParameterNode(self.logic.getParameterNode()))
-        if not self._parameterNode.ctVolume:
+        p = self._parameterNode
+        if not p.ctVolume:
             first = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
             if first:
-                self._parameterNode.ctVolume = first
+                p.ctVolume = first
+        if p.method == "unet" and not p.modelPath and not self.logic.unetInstalled("dixon"):
+            p.method = "dixon4"  # the U-Net model is not installed: start from the method that runs
 
     def setParameterNode(self, inputParameterNode: Optional[NMAIAttenuationParameterNode]) -> None:
         if self._parameterNode:
@@ -119,11 +135,30 @@ class NMAIAttenuationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._checkCanApply()
 
     def _checkCanApply(self, caller=None, event=None) -> None:
-        ready = bool(self._parameterNode and self._parameterNode.ctVolume)
+        p = self._parameterNode
+        kind = p.inputType if p else DIXON
+        mr = kind != CT
+        for widget, shown in ((self.ui.waterSelector, kind == DIXON), (self.ui.waterSelectorCaption, kind == DIXON),
+                              (self.ui.fatSelector, kind == DIXON), (self.ui.fatSelectorCaption, kind == DIXON),
+                              (self.ui.t1Selector, kind == T1), (self.ui.t1SelectorCaption, kind == T1),
+                              (self.ui.inputSelector, not mr), (self.ui.inputSelectorCaption, not mr),
+                              (self.ui.compareCtSelector, mr), (self.ui.compareCtSelectorCaption, mr),
+                              (self.ui.methodComboBox, mr), (self.ui.methodComboBoxCaption, mr),
+                              (self.ui.modelPathLineEdit, mr), (self.ui.modelPathLineEditCaption, mr),
+                              (self.ui.pseudoCtCheckBox, mr), (self.ui.pseudoCtCheckBoxCaption, mr),
+                              (self.ui.methodLabel, not mr), (self.ui.methodLabelCaption, not mr)):
+            widget.visible = shown
+        self.ui.outputLabel.text = (_("new volumes [input]_mumap (cm⁻¹) and [input]_pseudoCT (HU) on the first "
+                                      "MR image's grid; with a CT to compare: [input]_mudiff and a table "
+                                      "[input]_mu_vs_CT")
+                                    if mr else _("a new volume [ct]_mumap in cm⁻¹ on the CT's grid, in the "
+                                                 "CT's study"))
+        ready = bool(p) and bool({DIXON: p.waterVolume and p.fatVolume, T1: p.t1Volume,
+                                  CT: p.ctVolume}.get(kind))
         running = self.monitor is not None and self.monitor.running
         self.ui.applyButton.enabled = ready and not running
-        self.ui.applyButton.toolTip = (_("Make a μ-map from the selected CT") if ready
-                                       else _("Select a CT volume"))
+        self.ui.applyButton.toolTip = (_("Make the μ-map from the selected images") if ready
+                                       else _("Select the input images"))
 
     def onApplyButton(self) -> None:
         from NMAIExtensionLib.messages import user_message
@@ -134,7 +169,7 @@ class NMAIAttenuationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
             if not NMAIExtension.NMAIExtensionLogic().ensureDependencies(requester=_("NMAI Attenuation")):
                 return
-            handle = self.logic.process(ctNode=p.ctVolume, kvp=p.kvp, wait=False)
+            handle = self.logic.processParameters(p, wait=False)
         except Exception as exc:
             slicer.util.errorDisplay(user_message(exc), windowTitle=_("NMAI Attenuation"))
             return
@@ -153,6 +188,8 @@ class NMAIAttenuationTest(ScriptedLoadableModuleTest):
     def runTest(self):
         self.setUp()
         self.test_ct_to_mumap()
+        self.setUp()
+        self.test_dixon4_mumap_and_pseudo_ct()
 
     def test_ct_to_mumap(self):
         import numpy as np
@@ -169,4 +206,27 @@ class NMAIAttenuationTest(ScriptedLoadableModuleTest):
         values = slicer.util.arrayFromVolume(mu)
         self.assertAlmostEqual(float(values[0, 0, 0]), 0.0, places=4)
         self.assertAlmostEqual(float(values[2, 2, 2]), 0.096, places=3)
+        self.delayDisplay("Test passed")
+
+    def test_dixon4_mumap_and_pseudo_ct(self):
+        import numpy as np
+
+        self.delayDisplay("Dixon 4-class μ-map and pseudo-CT from synthetic water/fat images")
+        water = np.zeros((12, 40, 40), np.float32)
+        fat = np.zeros_like(water)
+        water[2:10, 8:32, 8:32], fat[2:10, 8:32, 8:32] = 900.0, 40.0  # soft tissue
+        fat[2:10, 8:32, 8:11], water[2:10, 8:32, 8:11] = 800.0, 60.0  # a fat layer
+        nodes = []
+        for name, array in (("Dixon W", water), ("Dixon F", fat)):
+            node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name)
+            node.SetSpacing(6.0, 6.0, 6.0)
+            slicer.util.updateVolumeFromArray(node, array)
+            nodes.append(node)
+        logic = NMAIAttenuationLogic()
+        mu = logic.process(water=nodes[0], fat=nodes[1], method="dixon4")
+        self.assertEqual(mu.GetName(), "Dixon W_mumap")
+        values = slicer.util.arrayFromVolume(mu)
+        self.assertAlmostEqual(float(values[5, 20, 20]), 0.1, places=4)
+        self.assertAlmostEqual(float(values[5, 20, 9]), 0.0854, places=4)
+        self.assertEqual(logic.lastOutputs["pseudo_ct"].GetName(), "Dixon W_pseudoCT")
         self.delayDisplay("Test passed")

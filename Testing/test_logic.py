@@ -439,3 +439,131 @@ def test_task_monitor_shows_progress_then_result_cancel_and_errors(study, fake_q
     _drive(monitor)
     assert len(errors) == 1 and "FWHM" in errors[0] and "FWHM" in status.text
     assert scene.GetNumberOfNodes() == count
+
+
+# ------------------------------------------------------------------------------------------ Attenuation from MR
+@pytest.fixture(scope="module")
+def tiny_dixon_model(tmp_path_factory):
+    from test_attenuation_unet import save_tiny_model
+
+    return str(save_tiny_model(tmp_path_factory.mktemp("models") / "dixon", "dixon"))
+
+
+def dixon_series(study, geometry="oblique"):
+    """Water and fat nodes of a synthetic torso (as the DICOM module would place them), and the torso truth."""
+    from test_attenuation_unet import torso
+
+    water, fat, _ = torso()
+    g = dict(GEOMETRIES[geometry], spacing=water.spacing)
+    water, fat = (Volume(v.array, **g, modality="MR", units="a.u.") for v in (water, fat))
+    return add_series(study, water, "Dixon W", "MR"), add_series(study, fat, "Dixon F", "MR"), water, fat
+
+
+def test_attenuation_mr_unet_makes_mumap_and_pseudo_ct_nodes(study, tiny_dixon_model):
+    from nmai.attenuation.unet import unet_mumap
+    from nmai.mu import mu_to_hu
+
+    scene, sh, study_item = study
+    w_node, f_node, water, fat = dixon_series(study)
+    before = snapshot(w_node)
+    temp_before = nmai_temp_folders()
+    logic = NMAIAttenuationLogic()
+    mu = logic.process(water=w_node, fat=f_node, method="unet", model=tiny_dixon_model)
+    assert mu.GetName() == "Dixon W_mumap" and logic.lastOutputs["mumap"] is mu
+    pct = logic.lastOutputs["pseudo_ct"]
+    assert pct.GetName() == "Dixon W_pseudoCT" and set(logic.lastOutputs) == {"mumap", "pseudo_ct"}
+    assert_unchanged(before, w_node)
+    expected = unet_mumap({"water": water, "fat": fat}, model=tiny_dixon_model)  # the engine on the same data
+    np.testing.assert_allclose(slicer.util.arrayFromVolume(mu), expected.array, atol=1e-6)
+    np.testing.assert_allclose(slicer.util.arrayFromVolume(pct), mu_to_hu(expected.array), rtol=1e-5, atol=1e-2)
+    for node in (mu, pct):
+        assert np.array_equal(mrml.ijk_to_ras(node), mrml.ijk_to_ras(w_node))
+        assert sh.GetItemParent(sh.GetItemByDataNode(node)) == study_item
+        assert node.GetAttribute("NMAI.method") == "unet"
+        assert node.GetAttribute("NMAI.model") == "attenuation-dixon-unet"
+        assert node.GetAttribute("NMAI.modelSha256") == expected.metadata["model_sha256"]
+    assert mu.GetAttribute("NMAI.units") == "cm-1" and pct.GetAttribute("NMAI.units") == "HU"
+    assert json.loads(mu.GetAttribute("NMAI.parameters"))["inputs"] == "dixon"
+    assert nmai_temp_folders() == temp_before
+
+
+def test_attenuation_dixon4_with_a_ct_gives_difference_map_and_regional_table(study):
+    from nmai.mu import hu_to_mu
+
+    scene, sh, study_item = study
+    w_node, f_node, water, fat = dixon_series(study, "lps")
+    hu = np.full(water.shape, -1000.0, np.float32)
+    body = water.array + fat.array > 200
+    hu[body] = 40.0
+    hu[body & (fat.array > water.array)] = -100.0
+    ct = add_series(study, Volume(hu, water.spacing, water.origin, modality="CT", units="HU"), "CT", "CT")
+    logic = NMAIAttenuationLogic()
+    mu = logic.process(water=w_node, fat=f_node, method="dixon4", compareCt=ct)
+    nodes = logic.lastOutputs
+    assert set(nodes) == {"mumap", "pseudo_ct", "difference", "comparison"}
+    diff, table = nodes["difference"], nodes["comparison"]
+    assert diff.GetName() == "Dixon W_mudiff" and table.GetName() == "Dixon W_mu_vs_CT"
+    mu_values = slicer.util.arrayFromVolume(mu)
+    np.testing.assert_allclose(slicer.util.arrayFromVolume(diff), mu_values - hu_to_mu(hu), atol=1e-6)
+    display = diff.GetDisplayNode()
+    assert (display.GetWindowLevelMin(), display.GetWindowLevelMax()) == pytest.approx((-0.05, 0.05))
+    assert sh.GetItemParent(sh.GetItemByDataNode(table)) == study_item
+    assert table.GetAttribute("NMAI.method") == "dixon4"
+    assert [table.GetCellText(r, 0) for r in range(table.GetNumberOfRows())] == \
+        ["air", "lung", "fat", "soft tissue", "bone"]
+    columns = [table.GetColumnName(c) for c in range(table.GetNumberOfColumns())]
+    soft = hu == 40.0
+    soft_mu = float(hu_to_mu(np.float32(40.0)))
+    expected = float((mu_values[soft] - soft_mu).mean())
+    row = 3
+    assert float(table.GetCellText(row, columns.index("Voxels"))) == soft.sum()
+    assert float(table.GetCellText(row, columns.index("Difference"))) == pytest.approx(expected, abs=1e-6)
+    assert float(table.GetCellText(row, columns.index("Difference %"))) == pytest.approx(100 * expected / soft_mu,
+                                                                                           rel=1e-4)
+    assert table.GetColumnUnitLabel("Difference") == "cm-1"
+
+
+def test_attenuation_mr_refusals_create_nothing(study, tiny_dixon_model):
+    scene, _, _ = study
+    w_node, f_node, water, _ = dixon_series(study, "lps")
+    pet = add_series(study, pet_volume("lps"), "PET", "PT")
+    ct = add_series(study, Volume(np.full((4, 4, 4), -1000, np.int16), modality="CT", units="HU"), "CT", "CT")
+    count = scene.GetNumberOfNodes()
+    logic = NMAIAttenuationLogic()
+    with pytest.raises(NMAIError, match="a PET image"):
+        logic.process(water=pet, fat=f_node, method="unet", model=tiny_dixon_model)
+    with pytest.raises(NMAIError, match="fat image is missing.*T1"):
+        logic.process(water=w_node, method="unet")
+    with pytest.raises(NMAIError, match="needs Dixon water and fat"):
+        logic.process(t1=w_node, method="dixon4")
+    with pytest.raises(NMAIError, match="not both"):
+        logic.process(ctNode=ct, water=w_node, fat=f_node)
+    with pytest.raises(NMAIError, match="needs MR images"):
+        logic.process(ctNode=ct, method="unet")
+    with pytest.raises(NMAIError, match="not a CT"):
+        logic.process(water=w_node, fat=f_node, method="dixon4", compareCt=pet)
+    with pytest.raises(NMAIError, match="not installed|unknown model"):
+        logic.process(water=w_node, fat=f_node, method="unet", model=str(tempfile.gettempdir()) + "/no-such-model")
+    assert scene.GetNumberOfNodes() == count
+
+
+def test_attenuation_panel_choices_in_a_child_process(study):
+    import types
+
+    scene, _, _ = study
+    w_node, f_node, water, fat = dixon_series(study, "ras")
+    ct = add_series(study, Volume(np.where(water.array + fat.array > 200, 40.0, -1000.0).astype(np.float32),
+                                  **GEOMETRIES["ras"] | {"spacing": water.spacing}, modality="CT", units="HU"),
+                    "CT", "CT")
+    p = types.SimpleNamespace(inputType="Dixon water + fat", waterVolume=w_node, fatVolume=f_node, t1Volume=None,
+                              ctVolume=None, compareCtVolume=ct, kvp=120, method="dixon4", modelPath="",
+                              pseudoCt=False)
+    handle = NMAIAttenuationLogic().processParameters(p, wait=False)
+    nodes = handle.wait(timeout=180)
+    assert set(nodes) == {"mumap", "difference", "comparison"}
+    assert handle.node.GetName() == "Dixon W_mumap"
+    assert np.array_equal(mrml.ijk_to_ras(handle.node), mrml.ijk_to_ras(w_node))
+    assert nodes["comparison"].GetNumberOfRows() == 5
+    p.inputType, p.waterVolume = "Dixon water + fat", None
+    with pytest.raises(NMAIError, match="water image"):
+        NMAIAttenuationLogic().processParameters(p)
