@@ -82,3 +82,12 @@ def test_mismatched_coverage_and_wrong_modalities_are_refused(tmp_path, capsys):
     assert "a PET image" in capsys.readouterr().err
     assert main(["attenuation", "--water", str(w), "--out", str(out)]) == 2
     assert "--fat" in capsys.readouterr().err
+
+
+def test_attenuation_output_may_not_replace_an_input(tmp_path, capsys):
+    water, fat, _, _ = torso()
+    w = write_volume(water, tmp_path / "w.nii.gz")
+    f = write_volume(fat, tmp_path / "f.nii.gz")
+    before = f.read_bytes()
+    assert main(["attenuation", "--water", str(w), "--fat", str(f), "--method", "dixon4", "--out", str(f)]) == 2
+    assert "would overwrite the input" in capsys.readouterr().err and f.read_bytes() == before

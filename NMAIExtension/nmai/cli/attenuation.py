@@ -11,7 +11,7 @@ mean difference per CT-derived tissue class. Nothing is written when any check f
 from __future__ import annotations
 
 from ..errors import NMAIError
-from ..io import read_volume, write_volume
+from ..io import read_volume, refuse_overwriting, write_volume
 from ..mu import CARNEY, hu_to_mu, mu_to_hu
 from ..validate import check_volume
 
@@ -132,6 +132,10 @@ def _comparison(args, mu, progress):
 
 
 def run(args, progress):
+    inputs = (args.ct, args.water, args.fat, args.t1, getattr(args, "compare_ct", None))
+    for out in (args.out, args.pseudo_ct, getattr(args, "difference", None)):
+        if out:
+            refuse_overwriting(out, *inputs)
     progress(0.0, "reading inputs")
     if args.ct and (args.method or args.model or args.fat):
         raise NMAIError("--method, --model and --fat apply to MR inputs (--water/--fat or --t1), not to --ct")
