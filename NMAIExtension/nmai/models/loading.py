@@ -11,9 +11,6 @@ from __future__ import annotations
 import copy
 import json
 import os
-import shutil
-import tempfile
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -185,33 +182,21 @@ def save_model(module, folder, card: dict) -> dict:
     if problem:
         raise NMAIError(f"the module does not match the card's network '{card['network']['name']}' "
                         f"({problem}); build it with nmai.models.build_network(card['network'])")
-    if folder.exists():
-        if not folder.is_dir() or any(p.name not in _MODEL_FILES for p in folder.iterdir()):
-            raise NMAIError(f"{folder} exists and is not an NMAI model folder; choose a new folder")
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
+    from ..io import _umask, atomic_folder
+
+    def only_model_files(f):
+        return all(p.name in _MODEL_FILES for p in f.iterdir())
+
     try:
-        save_file(state, str(tmp / WEIGHTS_FILE),
-                  metadata={"format": "pt", "nmai_model": card["name"], "nmai_network": card["network"]["name"]})
-        card["sha256"] = sha256_file(tmp / WEIGHTS_FILE)
-        validate_card(card, f"card for {folder}")
-        with open(tmp / CARD_FILE, "w", encoding="utf-8") as fh:
-            fh.write(json.dumps(card, indent=2) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        old = None
-        if folder.exists():
-            old = folder.with_name(f".{folder.name}.old-{uuid.uuid4().hex[:8]}")
-            os.rename(folder, old)
-        try:
-            os.rename(tmp, folder)
-        except BaseException:
-            if old is not None:
-                os.rename(old, folder)
-            raise
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        with atomic_folder(folder, replaceable=only_model_files) as tmp:
+            save_file(state, str(tmp / WEIGHTS_FILE),
+                      metadata={"format": "pt", "nmai_model": card["name"], "nmai_network": card["network"]["name"]})
+            card["sha256"] = sha256_file(tmp / WEIGHTS_FILE)
+            validate_card(card, f"card for {folder}")
+            (tmp / CARD_FILE).write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
+            os.chmod(tmp / WEIGHTS_FILE, 0o666 & ~_umask())  # safetensors writes it private
+    except NMAIError as exc:
+        if "not an empty folder" in str(exc):
+            raise NMAIError(f"{folder} exists and is not an NMAI model folder; choose a new folder") from None
         raise
     return card

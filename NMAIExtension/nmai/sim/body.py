@@ -181,7 +181,7 @@ def paint_thorax(cv: Canvas, f: BodyFrame) -> dict:
 
 def paint_abdomen(cv: Canvas, f: BodyFrame, rng: np.random.Generator) -> dict:
     a, b = f.a(620), f.b(620)
-    ah, bh = f.a(880), f.b(880)
+    bh = f.b(880)
     protect = [L("lung"), L("myocardium"), L("blood_pool"), L("fat_subcutaneous")]
     abd = cavity(f, 540, 960, wall=12.0)
     # bowel and visceral fat (mixture set by a smooth random field)

@@ -192,7 +192,6 @@ def make_phantom(name: str = "wholebody", seed: int = 0, voxel_mm: float | None 
             raise NMAIError("the NEMA phantom is filled with a background activity concentration, not dosed "
                             "by weight; drop --weight/--dose (the SUV factor makes the background SUV 1)")
         scale = float(background_bq_ml)
-        volume_ml = float((cv.labels > 0).sum()) * fine ** 3 / 1000.0
         info.update(weight_kg=None, suv_bw_factor=1.0 / scale,
                     suv_note="NEMA phantom: SUV factor set so that the background is 1")
     else:

@@ -56,8 +56,8 @@ def cylinder_z(cx, cy, a, b, z0, z1):
             return np.interp(Z, v[0], v[1])
         return v
 
-    amax = max(v[1]) if isinstance(a, tuple) else a
-    bmax = max(v[1]) if isinstance(b, tuple) else b
+    amax = max(a[1]) if isinstance(a, tuple) else a
+    bmax = max(b[1]) if isinstance(b, tuple) else b
 
     def fn(X, Y, Z):
         return (((X - cx) / radius(a, Z)) ** 2 + ((Y - cy) / radius(b, Z)) ** 2 <= 1.0) & (Z >= z0) & (Z <= z1)
