@@ -238,7 +238,7 @@ def validate(module, inputs: str, seeds) -> dict:
 
     per_case = []
     for seed in seeds:
-        case = make_case(seed, inputs, random_resolution=False)
+        case = _pad_case(make_case(seed, inputs, random_resolution=False))  # air padding, as in training
         with torch.no_grad():
             y, _ = sliding_predict(module, case["x"], dims=2, context_slices=CONTEXT, roi_size=[ROI, ROI],
                                    out_channels=1, device="cpu")
