@@ -35,7 +35,7 @@ NAMES = {"dixon": "attenuation-dixon-unet", "t1": "attenuation-t1-unet"}
 @dataclass(frozen=True)
 class Preset:
     cases: int
-    steps: int
+    steps: int | dict  # one number, or per inputs ({"dixon": ..., "t1": ...})
     batch: int
     channels: tuple
     val_cases: int
@@ -44,7 +44,9 @@ class Preset:
 
 
 PRESETS = {
-    "shipped": Preset(cases=32, steps=2000, batch=16, channels=(32, 64, 128, 256), val_cases=3),
+    # The Dixon model carries the issue's accuracy targets, so it gets more phantoms' worth of steps.
+    "shipped": Preset(cases=32, steps={"dixon": 4000, "t1": 2000}, batch=16, channels=(32, 64, 128, 256),
+                      val_cases=3),
     "quick": Preset(cases=2, steps=4, batch=2, channels=(8, 16, 32, 64), val_cases=1,
                     voxel_mm=(5.0, 6.0)),  # for tests and CI: proves the code runs, trains nothing useful
 }
@@ -184,6 +186,7 @@ def train_attenuation(inputs: str, out_dir, *, preset: str = "shipped", device=N
     if preset not in PRESETS:
         raise NMAIError(f"unknown preset {preset!r}; use one of {', '.join(PRESETS)}")
     p, progress = PRESETS[preset], as_progress(progress)
+    steps = p.steps[inputs] if isinstance(p.steps, dict) else p.steps
     t0 = time.time()
     seed = 1 if inputs == "dixon" else 2
     seed_everything(seed)
@@ -196,9 +199,9 @@ def train_attenuation(inputs: str, out_dir, *, preset: str = "shipped", device=N
 
     dev = pick_device(device)
     sampler = SliceSampler(cases, p.batch, dev)
-    result = train(module, sampler, bone_weighted_l1, steps=p.steps, lr=p.lr, seed=seed,
+    result = train(module, sampler, bone_weighted_l1, steps=steps, lr=p.lr, seed=seed,
                    checkpoint_dir=checkpoint_dir, progress=progress.sub(0.3, 0.9), device=dev,
-                   log_every=max(1, p.steps // 20), checkpoint_every=max(1, p.steps // 10), warmup_steps=p.steps // 30)
+                   log_every=max(1, steps // 20), checkpoint_every=max(1, steps // 10), warmup_steps=steps // 30)
     module.eval().cpu()
     training = card_training(result, command or f"nmai train attenuation --inputs {inputs} --preset {preset}", preset)
     training.update({"batch_size": p.batch, "loss": "L1, bone voxels x5",
