@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from nmai.cli import main
+from nmai.errors import NMAIError
 from nmai.io import read_volume, write_volume
 from nmai.volume import Volume
 
@@ -127,3 +128,16 @@ def test_bench_quick_writes_json(tmp_path):
     data = json.loads(out.read_text())
     assert data["target"] == "simulate" and data["osem_3it_8sub_s"] > 0
     assert data["projector_speedup_vs_radon"] > 0 and "skimage_reference" in data
+
+
+def test_motion_option_parses_one_position_per_frame():
+    from nmai.cli.simulate import parse_motion
+
+    assert parse_motion(None, 2) is None
+    assert parse_motion(["0,0,0", "5,0,-2,3"], 2) == [
+        {"translation_mm": [0.0, 0.0, 0.0], "rotation_deg": 0.0},
+        {"translation_mm": [5.0, 0.0, -2.0], "rotation_deg": 3.0}]
+    with pytest.raises(NMAIError, match="once per frame"):
+        parse_motion(["0,0,0"], 2)
+    with pytest.raises(NMAIError, match="expected X,Y,Z"):
+        parse_motion(["a,b"], 1)

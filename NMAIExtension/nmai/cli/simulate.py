@@ -55,6 +55,9 @@ def add_parser(sub):
     g.add_argument("--count-fraction", type=float, default=1.0, metavar="F",
                    help="keep each prompt with probability F (low-count version of the same acquisition)")
     g.add_argument("--frames", type=int, default=1, metavar="N", help="equal time frames (default 1)")
+    g.add_argument("--motion", action="append", metavar="X,Y,Z[,DEG]", default=None,
+                   help="rigid patient position in one frame: shift in mm (x, y, z) and optional rotation about "
+                        "the scanner axis; give it once per frame, in frame order")
     g.add_argument("--noise-free", action="store_true", help="store expected counts instead of Poisson counts")
     add_scanner_arguments(p)
     g = p.add_argument_group("reconstruction")
@@ -81,6 +84,26 @@ def phantom_from_args(args, progress):
                         weight_kg=args.weight, dose_mbq=args.dose, uptake_s=args.uptake * 60.0, progress=progress)
 
 
+def parse_motion(values, frames: int):
+    """``--motion`` values -> the simulator's per-frame motion list (None when not given)."""
+    from ..errors import NMAIError
+
+    if not values:
+        return None
+    if len(values) != frames:
+        raise NMAIError(f"--motion must be given once per frame: {frames} frame(s), {len(values)} --motion")
+    motion = []
+    for text in values:
+        try:
+            numbers = [float(v) for v in text.split(",")]
+        except ValueError:
+            numbers = []
+        if len(numbers) not in (3, 4):
+            raise NMAIError(f"--motion {text!r}: expected X,Y,Z in mm and optionally a rotation in degrees")
+        motion.append({"translation_mm": numbers[:3], "rotation_deg": numbers[3] if len(numbers) == 4 else 0.0})
+    return motion
+
+
 def run(args, progress):
     from ..errors import NMAIError
     from ..io import read_volume
@@ -92,7 +115,7 @@ def run(args, progress):
         raise NMAIError("--activity needs --mumap (μ-map at 511 keV in cm-1 on the same grid)")
     scanner = scanner_from_args(args)
     common = dict(scanner=scanner, duration_s=args.duration, count_fraction=args.count_fraction, seed=args.seed,
-                  frames=args.frames, iterations=args.iterations, subsets=args.subsets, psf=not args.no_psf,
+                  frames=args.frames, motion=parse_motion(args.motion, args.frames), iterations=args.iterations, subsets=args.subsets, psf=not args.no_psf,
                   reconstruct_image=not args.no_recon, noise=not args.noise_free)
     if args.phantom:
         phantom = phantom_from_args(args, progress.sub(0.0, 0.2))
