@@ -8,11 +8,13 @@ STAMP  := $(VENV)/.nmai-setup
 
 setup: $(STAMP)
 
-# torch==2.13.0 first: it is the CPU wheel; letting pip choose a torch would pull a multi-GB CUDA build.
+# torch==2.13.0 first: it is the CPU wheel here; letting pip choose a torch would pull a multi-GB CUDA build.
+# Elsewhere, point TORCH_PIP_ARGS at PyTorch's CPU wheel index (--index-url ...) to keep the CPU build.
+TORCH_PIP_ARGS ?=
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet torch==2.13.0 $(TORCH_PIP_ARGS)
 	$(PY) -m pip install --quiet -e ".[test]"
 	touch $@
 
