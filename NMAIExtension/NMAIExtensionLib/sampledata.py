@@ -11,7 +11,6 @@ dialog.
 
 from __future__ import annotations
 
-import os
 import tempfile
 from pathlib import Path
 
@@ -26,10 +25,9 @@ STUDIES = {
     "NMAI simulated NEMA IEC phantom": {"phantom": "nema", "seed": 1, "options": []},
     "NMAI simulated brain PET/MR": {"phantom": "brain", "seed": 1, "options": []},
 }
-# simulation file -> (node name suffix, shown first?)
-VOLUMES = (("recon", "PET", True), ("activity", "PET truth", False), ("ct", "CT", False),
-           ("mumap", "mu-map", False), ("labels", "labels", False), ("mr_water", "MR water", False),
-           ("mr_fat", "MR fat", False), ("mr_t1", "MR T1", False))
+# simulation file -> node name suffix
+VOLUMES = (("recon", "PET"), ("activity", "PET truth"), ("ct", "CT"), ("mumap", "mu-map"), ("labels", "labels"),
+           ("mr_water", "MR water"), ("mr_fat", "MR fat"), ("mr_t1", "MR T1"))
 
 
 def cache_folder() -> Path:
@@ -86,7 +84,7 @@ def load_study(name: str, scene, cache: Path | None = None) -> dict:
     study = sh.CreateStudyItem(patient, "simulated PET/MR")
     nodes = {}
     try:
-        for role, label, _first in VOLUMES:
+        for role, label in VOLUMES:
             path = folder / f"{role}.nii.gz"
             if not path.exists():  # the NEMA phantom has no MR fat, for example
                 continue
@@ -105,6 +103,3 @@ def load_study(name: str, scene, cache: Path | None = None) -> dict:
         raise
     return nodes
 
-
-def default_cache_exists() -> bool:
-    return os.path.isdir(cache_folder())
