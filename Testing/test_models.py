@@ -183,8 +183,13 @@ def test_unknown_model_and_bad_json(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------- registry
-def test_shipped_registry_is_valid_and_empty():
-    assert read_registry() == [] and list_models() == []
+def test_every_shipped_model_loads_with_its_recorded_sha256():
+    entries = read_registry()
+    assert {e["name"] for e in entries} >= {"attenuation-dixon-unet", "attenuation-t1-unet"}
+    for entry in entries:
+        model = load_model(entry["name"])  # sha256 of the file checked against registry and card
+        assert model.sha256 == entry["sha256"] == model.card["sha256"]
+        assert model.card["training"]["steps"] > 0 and model.card["metrics"]["validation"]["cases"] > 0
 
 
 def test_register_then_load_by_name(tmp_path):
