@@ -20,6 +20,9 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     np.testing.assert_allclose(suv.array, bq.array * summary["suv_bw_factor"], rtol=1e-5)
     assert summary["suv_max_gaussian6mm"] < summary["suv_max_raw"]
     assert len(list((out / "pet_dicom").iterdir())) == bq.shape[0]
+    att = summary["attenuation"]  # the shipped U-Net finds bone, Dixon 4-class cannot
+    assert att["unet"]["bone_dice"] > 0.7 and att["dixon4"]["bone_dice"] == 0.0
+    assert read_volume(summary["outputs"]["mumap_unet"]).same_grid(read_volume(summary["outputs"]["mr_water"]))
 
 
 def test_demo_runs_twice_into_the_same_folder(tmp_path):
