@@ -14,7 +14,7 @@ def targets() -> list[str]:
 
 
 def add_parser(sub):
-    p = sub.add_parser("bench", help="run a timing benchmark (simulate, ...) and write its JSON",
+    p = sub.add_parser("bench", help=f"run a timing benchmark ({', '.join(targets())}) and write its JSON",
                        description="Time an NMAI component on this machine. Targets: " + ", ".join(targets()))
     p.add_argument("target", choices=targets(), help="what to benchmark")
     p.add_argument("--json", metavar="OUT", help="write the results to this JSON file (atomically)")
