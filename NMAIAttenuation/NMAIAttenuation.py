@@ -7,9 +7,8 @@ in the ``nmai`` engine. Heavy libraries (torch, MONAI) are never imported here.
 
 import os
 import sys
-from typing import Annotated, Optional
+from typing import Annotated
 
-import vtk
 
 import slicer
 from slicer.i18n import tr as _
@@ -29,6 +28,7 @@ if os.path.isdir(_SHARED) and _SHARED not in sys.path:  # source tree; installed
     sys.path.append(_SHARED)
 
 from NMAIAttenuationLib.logic import INPUT_CHOICES, KVP_CHOICES, MR_METHODS, NMAIAttenuationLogic  # noqa: E402
+from NMAIExtensionLib.gui import ParameterNodeWidgetMixin, TaskMonitor  # noqa: E402
 
 DIXON, T1, CT = list(INPUT_CHOICES)
 
@@ -65,14 +65,14 @@ class NMAIAttenuationParameterNode:
     pseudoCt: bool = True
 
 
-class NMAIAttenuationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+class NMAIAttenuationWidget(ParameterNodeWidgetMixin, ScriptedLoadableModuleWidget, VTKObservationMixin):
+    parameterNodeClass = NMAIAttenuationParameterNode
+
     def __init__(self, parent=None) -> None:
         ScriptedLoadableModuleWidget.__init__(self, parent)
         VTKObservationMixin.__init__(self)
         self.logic = None
         self.monitor = None
-        self._parameterNode = None
-        self._parameterNodeGuiTag = None
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -80,8 +80,6 @@ class NMAIAttenuationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.layout.addWidget(uiWidget)
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)
-
-        from NMAIExtensionLib.gui import TaskMonitor
 
         self.logic = NMAIAttenuationLogic()
         self.monitor = TaskMonitor(self.ui.progressBar, self.ui.cancelButton, statusLabel=self.ui.statusLabel,
@@ -94,45 +92,13 @@ class NMAIAttenuationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
         self.initializeParameterNode()
 
-    def cleanup(self) -> None:
-        if self.monitor is not None and self.monitor.running:
-            self.monitor.cancel()
-        self.removeObservers()
-
-    def enter(self) -> None:
-        self.initializeParameterNode()
-
-    def exit(self) -> None:
-        self.setParameterNode(None)
-
-    def onSceneStartClose(self, caller, event) -> None:
-        if self.monitor is not None and self.monitor.running:
-            self.monitor.cancel()
-        self.setParameterNode(None)
-
-    def onSceneEndClose(self, caller, event) -> None:
-        if self.parent.isEntered:
-            self.initializeParameterNode()
-
-    def initializeParameterNode(self) -> None:
-        self.setParameterNode(NMAIAttenuationParameterNode(self.logic.getParameterNode()))
-        p = self._parameterNode
+    def setDefaultParameters(self, p) -> None:
         if not p.ctVolume:
             first = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
             if first:
                 p.ctVolume = first
         if p.method == "unet" and not p.modelPath and not self.logic.unetInstalled("dixon"):
             p.method = "dixon4"  # the U-Net model is not installed: start from the method that runs
-
-    def setParameterNode(self, inputParameterNode: Optional[NMAIAttenuationParameterNode]) -> None:
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
-        self._parameterNode = inputParameterNode
-        if self._parameterNode:
-            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
-            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
-            self._checkCanApply()
 
     def _checkCanApply(self, caller=None, event=None) -> None:
         p = self._parameterNode

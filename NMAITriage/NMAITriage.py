@@ -7,9 +7,7 @@ the ``nmai`` engine. Heavy libraries (torch, MONAI) are never imported here.
 
 import os
 import sys
-from typing import Optional
 
-import vtk
 
 import slicer
 from slicer.i18n import tr as _
@@ -29,6 +27,7 @@ if os.path.isdir(_SHARED) and _SHARED not in sys.path:  # source tree; installed
     sys.path.append(_SHARED)
 
 from NMAITriageLib.logic import NMAITriageLogic  # noqa: E402
+from NMAIExtensionLib.gui import ParameterNodeWidgetMixin, TaskMonitor  # noqa: E402
 
 
 class NMAITriage(ScriptedLoadableModule):
@@ -50,14 +49,14 @@ class NMAITriageParameterNode:
     inputVolume: vtkMRMLScalarVolumeNode
 
 
-class NMAITriageWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+class NMAITriageWidget(ParameterNodeWidgetMixin, ScriptedLoadableModuleWidget, VTKObservationMixin):
+    parameterNodeClass = NMAITriageParameterNode
+
     def __init__(self, parent=None) -> None:
         ScriptedLoadableModuleWidget.__init__(self, parent)
         VTKObservationMixin.__init__(self)
         self.logic = None
         self.monitor = None
-        self._parameterNode = None
-        self._parameterNodeGuiTag = None
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -65,8 +64,6 @@ class NMAITriageWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.layout.addWidget(uiWidget)
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)
-
-        from NMAIExtensionLib.gui import TaskMonitor
 
         self.logic = NMAITriageLogic()
         self.monitor = TaskMonitor(self.ui.progressBar, self.ui.cancelButton, statusLabel=self.ui.statusLabel,
@@ -77,43 +74,6 @@ class NMAITriageWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.ui.checkInputButton.connect("clicked(bool)", self.onCheckInputButton)
         self.initializeParameterNode()
-
-    def cleanup(self) -> None:
-        if self.monitor is not None and self.monitor.running:
-            self.monitor.cancel()
-        self.removeObservers()
-
-    def enter(self) -> None:
-        self.initializeParameterNode()
-
-    def exit(self) -> None:
-        self.setParameterNode(None)
-
-    def onSceneStartClose(self, caller, event) -> None:
-        if self.monitor is not None and self.monitor.running:
-            self.monitor.cancel()
-        self.setParameterNode(None)
-
-    def onSceneEndClose(self, caller, event) -> None:
-        if self.parent.isEntered:
-            self.initializeParameterNode()
-
-    def initializeParameterNode(self) -> None:
-        self.setParameterNode(NMAITriageParameterNode(self.logic.getParameterNode()))
-        if not self._parameterNode.inputVolume:
-            first = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
-            if first:
-                self._parameterNode.inputVolume = first
-
-    def setParameterNode(self, inputParameterNode: Optional[NMAITriageParameterNode]) -> None:
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
-        self._parameterNode = inputParameterNode
-        if self._parameterNode:
-            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
-            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
-            self._checkCanApply()
 
     def _checkCanApply(self, caller=None, event=None) -> None:
         ready = bool(self._parameterNode and self._parameterNode.inputVolume)

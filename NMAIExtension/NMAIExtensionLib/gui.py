@@ -97,3 +97,61 @@ class TaskMonitor:
                 self._onSuccess(handle)
         if self._onFinished is not None:
             self._onFinished(handle)
+
+
+class ParameterNodeWidgetMixin:
+    """The parameter-node life cycle every NMAI panel shares (Slicer's scripted-module template).
+
+    A panel sets ``parameterNodeClass`` (its ``@parameterNodeWrapper`` class), has ``self.logic``,
+    ``self.monitor`` (a :class:`TaskMonitor`), ``self.ui`` and ``_checkCanApply``, and may override
+    ``setDefaultParameters(parameterNode)`` to pre-select inputs.
+    """
+
+    parameterNodeClass = None
+    _parameterNode = None
+    _parameterNodeGuiTag = None
+
+    def _cancelRunning(self) -> None:
+        if self.monitor is not None and self.monitor.running:
+            self.monitor.cancel()
+
+    def cleanup(self) -> None:
+        self._cancelRunning()
+        self.removeObservers()
+
+    def enter(self) -> None:
+        self.initializeParameterNode()
+
+    def exit(self) -> None:
+        self.setParameterNode(None)
+
+    def onSceneStartClose(self, caller, event) -> None:
+        self._cancelRunning()
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event) -> None:
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    def initializeParameterNode(self) -> None:
+        self.setParameterNode(self.parameterNodeClass(self.logic.getParameterNode()))
+        self.setDefaultParameters(self._parameterNode)
+
+    def setDefaultParameters(self, parameterNode) -> None:
+        """Fill ``inputVolume`` with the first scalar volume when empty (override for other inputs)."""
+        if not parameterNode.inputVolume:
+            first = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+            if first:
+                parameterNode.inputVolume = first
+
+    def setParameterNode(self, inputParameterNode) -> None:
+        import vtk
+
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
+        self._parameterNode = inputParameterNode
+        if self._parameterNode:
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
+            self._checkCanApply()
