@@ -16,13 +16,35 @@ def add_parser(sub):
     p.add_argument("--frame", type=int, default=None, metavar="N", help="reconstruct one frame (default: all)")
     p.add_argument("--no-psf", action="store_true", help="no resolution modelling")
     p.add_argument("--postfilter", type=float, default=0.0, metavar="MM", help="Gaussian post-filter FWHM (mm)")
+    p.add_argument("--prior", choices=["cnn"], default=None,
+                   help="reconstruct with a denoising CNN as prior inside the iterations, with local linear "
+                        "fitting against its bias (Kim et al. 2018); --iterations then counts the prior iterations")
+    p.add_argument("--prior-model", metavar="PATH|NAME", default=None,
+                   help="--prior cnn: the denoising model (default denoise-cnn)")
+    p.add_argument("--prior-weight", type=float, default=None, metavar="G",
+                   help="--prior cnn: how strongly each update is pulled to the prior, 0 = OSEM (default 0.3)")
     p.add_argument("--out", metavar="R", required=True, help="output image (.nii.gz) or folder (gets recon.nii.gz)")
     p.set_defaults(func=run)
 
 
 def run(args, progress):
+    from ..errors import NMAIError
     from ..sim import reconstruct_folder
 
+    if args.prior is None and (args.prior_model or args.prior_weight is not None):
+        raise NMAIError("--prior-model and --prior-weight need --prior cnn")
+    if args.prior:
+        if args.postfilter:
+            raise NMAIError("--postfilter cannot be combined with --prior (the prior already regularises)")
+        from ..denoise.prior import DEFAULT_WEIGHT
+
+        result = reconstruct_folder(args.simdir, args.out, mumap_path=args.mumap, iterations=args.iterations,
+                                    subsets=args.subsets, psf=not args.no_psf, frame=args.frame,
+                                    prior={"model": args.prior_model or "denoise-cnn",
+                                           "weight": DEFAULT_WEIGHT if args.prior_weight is None else args.prior_weight},
+                                    progress=progress)
+        result["message"] = f"reconstructed {args.simdir} with the CNN prior -> {result['recon']}"
+        return result
     result = reconstruct_folder(args.simdir, args.out, mumap_path=args.mumap, iterations=args.iterations,
                                 subsets=args.subsets, psf=not args.no_psf, frame=args.frame,
                                 postfilter_mm=args.postfilter, progress=progress)

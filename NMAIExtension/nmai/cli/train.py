@@ -12,9 +12,16 @@ def add_parser(sub):
                                    "metadata.json with sha256, data, seeds, time and metrics). Use --register to "
                                    "add it to the built-in registry (maintainers) or pass the folder path to "
                                    "the commands that take --model.")
-    p.add_argument("task", choices=["attenuation"], help="what to train")
+    p.add_argument("task", choices=["attenuation", "denoise"], help="what to train")
     p.add_argument("--inputs", choices=["dixon", "t1"], default="dixon",
                    help="attenuation: MR inputs, Dixon water+fat or T1 (default dixon)")
+    p.add_argument("--method", choices=["cnn", "gan", "sr"], default="cnn",
+                   help="denoise: low-count denoiser (cnn), adversarial denoiser (gan, starts from a trained "
+                        "cnn) or large-crystal super-resolution (sr); default cnn")
+    p.add_argument("--init", metavar="PATH|NAME", default=None,
+                   help="denoise --method gan: the trained cnn to start from (default: the shipped denoise-cnn)")
+    p.add_argument("--cache", metavar="DIR", default=None,
+                   help="denoise: keep the simulated training pairs here, so another run (gan after cnn) reuses them")
     p.add_argument("--preset", choices=["shipped", "quick"], default="shipped",
                    help="'shipped' reproduces the shipped model; 'quick' is a few steps to check the code")
     p.add_argument("--out", default="nmai-models", help="folder to write the model folder into")
@@ -27,12 +34,25 @@ def add_parser(sub):
 
 
 def run(args, progress):
-    from ..attenuation.training import train_attenuation
     from ..models import register_model
+
+    workers = max(1, min(args.workers, os.cpu_count() or 1))
+    if args.task == "denoise":
+        from ..denoise.training import train_denoise
+
+        command = f"nmai train denoise --method {args.method} --preset {args.preset}"
+        result = train_denoise(args.method, Path(args.out), preset=args.preset, init=args.init,
+                               device=args.device, workers=workers, checkpoint_dir=args.checkpoints,
+                               cache_dir=args.cache, progress=progress, command=command)
+        if args.register:
+            register_model(result["folder"])
+        return {**result, "message": f"wrote {result['folder']} (validation {result['metrics']})",
+                "outputs": {"model": result["folder"]}}
+    from ..attenuation.training import train_attenuation
 
     command = "nmai train attenuation --inputs {} --preset {}".format(args.inputs, args.preset)
     result = train_attenuation(args.inputs, Path(args.out), preset=args.preset, device=args.device,
-                               workers=max(1, min(args.workers, os.cpu_count() or 1)),
+                               workers=workers,
                                checkpoint_dir=args.checkpoints, progress=progress, command=command)
     if args.register:
         register_model(result["folder"])

@@ -221,7 +221,7 @@ def validate_card(card, source="model card", *, require_sha: bool = True) -> dic
     training = _field(source, c, "training", "", "dict")
     _unknown(source, training, {"command", "seed", "preset", "duration_s", "device", "steps"}, "training.",
              {"lr", "schedule", "optimizer", "final_losses", "resumed_from", "history", "batch_size",
-              "loss", "data", "total_s"})
+              "loss", "data", "total_s", "roi", "initialised_from"})
     _field(source, training, "command", "training.", "str")
     _field(source, training, "seed", "training.", "int")
     _field(source, training, "steps", "training.", "nonneg_int")

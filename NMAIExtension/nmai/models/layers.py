@@ -48,6 +48,26 @@ class ResidualCNN(nn.Module):
         return y
 
 
+class ResidualUNet(nn.Module):
+    """A MONAI ``UNet`` (residual units) that learns the residual: output = centre input channel + UNet(x).
+
+    For 2.5-D denoising the input is a stack of neighbouring slices and the output the centre slice, so the
+    network only has to predict the noise (DnCNN-style global skip); ``out_channels`` must be 1.
+    """
+
+    def __init__(self, spatial_dims: int, in_channels: int, out_channels: int, channels, strides,
+                 num_res_units: int = 2, act="PRELU", norm=None):
+        super().__init__()
+        from monai.networks.nets import UNet
+
+        self.unet = UNet(spatial_dims, in_channels, out_channels, channels=channels, strides=strides,
+                         num_res_units=num_res_units, act=act, norm=norm)
+        self.centre = in_channels // 2
+
+    def forward(self, x):
+        return x[:, self.centre:self.centre + 1] + self.unet(x)
+
+
 class SmallCNNClassifier(nn.Module):
     """Strided conv blocks (conv, instance norm, ReLU), global average pooling, dropout, linear logits."""
 

@@ -11,6 +11,8 @@ Builders (MONAI networks are composed, not rewritten):
 ``unet``                    ``monai.networks.nets.UNet`` (attenuation / denoising U-Net)
 ``basic_unet``              ``monai.networks.nets.BasicUNet``
 ``residual_cnn``            :class:`nmai.models.layers.ResidualCNN` (denoising CNN, 2-D or 3-D)
+``residual_unet``           :class:`nmai.models.layers.ResidualUNet`: MONAI ``UNet`` + global skip from
+                            the centre input slice (2.5-D PET denoising / super-resolution)
 ``patch_discriminator``     ``monai.networks.nets.PatchDiscriminator`` (GAN critic; returns a list
                             of feature maps, the last one is the patch logits)
 ``densenet121``             ``monai.networks.nets.DenseNet121`` (classifier; ``pretrained`` refused)
@@ -44,6 +46,9 @@ NETWORKS: dict[str, dict[str, tuple[Any, bool, Any]]] = {
                    "upsample": (("deconv", "pixelshuffle", "nontrainable"), False, "deconv")},
     "residual_cnn": {**_COMMON, "features": ("pos_int", False, 32), "blocks": ("nonneg_int", False, 4),
                      "kernel_size": ("odd_int", False, 3), "global_skip": ("bool", False, True)},
+    "residual_unet": {**_COMMON, "channels": ("int_list", True, None), "strides": ("int_list", True, None),
+                      "num_res_units": ("nonneg_int", False, 2), "act": ("act", False, "PRELU"),
+                      "norm": ("norm_or_null", False, None)},
     "patch_discriminator": {**_COMMON, "channels": ("pos_int", True, None),
                             "num_layers_d": ("pos_int", False, 3), "kernel_size": ("pos_int", False, 4),
                             "activation": ("act", False, ["LEAKYRELU", {"negative_slope": 0.2}]),
@@ -81,6 +86,8 @@ def _check_kwarg(source, path, value, kind):
         return _check_layer(source, path, value, _ACTS)
     if kind == "norm":
         return _check_layer(source, path, value, _NORMS)
+    if kind == "norm_or_null":
+        return None if value is None else _check_layer(source, path, value, _NORMS)
     if kind == "bool":
         if not isinstance(value, bool):
             _fail(source, path, f"is {value!r}, expected true or false")
@@ -127,8 +134,10 @@ def validate_network(name, kwargs, source="model card") -> dict:
             continue
         _check_kwarg(source, f"network.kwargs.{key}", kwargs[key], kind)
         checked[key] = kwargs[key]
-    if name == "unet" and len(checked["channels"]) != len(checked["strides"]) + 1:
+    if name in ("unet", "residual_unet") and len(checked["channels"]) != len(checked["strides"]) + 1:
         _fail(source, "network.kwargs.strides", "must have one entry fewer than 'channels'")
+    if name == "residual_unet" and checked["out_channels"] != 1:
+        _fail(source, "network.kwargs.out_channels", "must be 1 (the centre slice gets the residual)")
     if name == "densenet121" and len(checked["block_config"]) != 4:
         _fail(source, "network.kwargs.block_config", "must have 4 entries")
     if name == "residual_cnn" and checked["global_skip"] and \
@@ -145,11 +154,11 @@ def build_network(network: dict, source="model card"):
     kw = {k: _check_kwarg(source, f"network.kwargs.{k}", v, NETWORKS[name][k][0])
           for k, v in spec["kwargs"].items()}  # layer specs become MONAI (name, {args}) tuples
     try:
-        if name in ("residual_cnn", "small_cnn_classifier"):
+        if name in ("residual_cnn", "small_cnn_classifier", "residual_unet"):
             from . import layers
 
-            cls = layers.ResidualCNN if name == "residual_cnn" else layers.SmallCNNClassifier
-            return cls(**kw)
+            return {"residual_cnn": layers.ResidualCNN, "small_cnn_classifier": layers.SmallCNNClassifier,
+                    "residual_unet": layers.ResidualUNet}[name](**kw)
         from monai.networks import nets
 
         if name == "unet":

@@ -14,7 +14,7 @@ Lower level: :class:`Scanner` (geometry, normalisation, count levels), :func:`si
 :class:`Acquisition` (save/load), :func:`reconstruct` (OSEM → Volume), :func:`system_matrix`.
 """
 
-from .acquisition import Acquisition, simulate_acquisition  # noqa: F401
+from .acquisition import Acquisition, simulate_acquisition, thinned  # noqa: F401
 from .phantoms import DEFAULT_DURATION_S, DEFAULT_VOXEL_MM, PHANTOMS, Phantom, make_phantom  # noqa: F401
 from .projector import Grid2D, system_matrix  # noqa: F401
 from .recon import DEFAULT_ITERATIONS, DEFAULT_SUBSETS, reconstruct  # noqa: F401

@@ -21,6 +21,7 @@ totals. The μ-map used to simulate is written beside them by the caller.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from dataclasses import dataclass, field
@@ -115,6 +116,28 @@ class Acquisition:
         return cls(Scanner.from_dict(meta["scanner"]), Grid2D.from_dict(meta["grid"]),
                    tuple(meta["spacing_mm"]), tuple(meta["origin_lps_mm"]), prompts, background, norm,
                    [tuple(f) for f in meta["frames_s"]], float(meta["count_fraction"]), meta.get("info", {}))
+
+
+def thin_prompts(prompts: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """Keep each prompt with probability ``fraction`` (binomial thinning, ``SeedSequence([seed, 2])``)."""
+    return np.random.default_rng(np.random.SeedSequence([int(seed), 2])).binomial(prompts, fraction)
+
+
+def thinned(acq: Acquisition, fraction: float) -> Acquisition:
+    """The same scan at ``fraction`` × its counts: identical to simulating it with that ``count_fraction``
+    (same seed), without projecting again. Only for full-count Poisson acquisitions."""
+    if acq.count_fraction != 1.0 or not np.issubdtype(acq.prompts.dtype, np.integer):
+        raise NMAIError("only a full-count Poisson acquisition can be thinned")
+    if not 0.0 < fraction <= 1.0:
+        raise NMAIError(f"count fraction must be in (0, 1], got {fraction}")
+    if fraction == 1.0:
+        return acq
+    seed = int(acq.info.get("seed", 0))
+    prompts = thin_prompts(acq.prompts, fraction, seed).astype(acq.prompts.dtype)
+    total = float(prompts.sum(dtype=np.float64))
+    info = dict(acq.info, prompts=total, thinning_seed=f"SeedSequence([{seed}, 2])",
+                prompts_per_bed=total / max(float(acq.info.get("bed_positions_equivalent", 1.0)), 1.0))
+    return dataclasses.replace(acq, prompts=prompts, count_fraction=float(fraction), info=info)
 
 
 # ---------------------------------------------------------------------------------------------- checks
@@ -252,8 +275,7 @@ def simulate_acquisition(activity: Volume, mumap: Volume, scanner: Scanner = DEF
     full_prompts = float(prompts.sum(dtype=np.float64))
     if count_fraction < 1.0:
         if noise:
-            thin = np.random.default_rng(np.random.SeedSequence([int(seed), 2]))
-            prompts = thin.binomial(prompts, count_fraction)
+            prompts = thin_prompts(prompts, count_fraction, seed)
         else:
             prompts = prompts * np.float32(count_fraction)
     if noise:

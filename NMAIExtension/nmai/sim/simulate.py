@@ -190,7 +190,7 @@ def write_phantom(phantom: Phantom, out_dir) -> dict:
 
 def reconstruct_folder(sim_dir, out, *, mumap_path=None, iterations: int = DEFAULT_ITERATIONS,
                        subsets: int = DEFAULT_SUBSETS, psf: bool = True, frame: int | None = None,
-                       postfilter_mm: float = 0.0, progress=None) -> dict:
+                       postfilter_mm: float = 0.0, prior: dict | None = None, progress=None) -> dict:
     """Reconstruct the acquisition stored in ``sim_dir`` (optionally with another μ-map) into ``out``
     (an image path, or a folder that gets ``recon.nii.gz``). Returns a summary with, where the folder has
     labels, the mean reconstructed vs true activity per label."""
@@ -208,15 +208,22 @@ def reconstruct_folder(sim_dir, out, *, mumap_path=None, iterations: int = DEFAU
         if not mumap_path.exists():
             raise NMAIError(f"{sim_dir}: no mumap.nii.gz; give the μ-map with --mumap")
     mu = read_volume(mumap_path, units="cm-1")
-    recon = reconstruct(acq, mu, iterations=iterations, subsets=subsets, psf=psf, frame=frame,
-                        postfilter_mm=postfilter_mm, progress=progress.sub(0.0, 0.95))
+    if prior is not None:
+        from ..denoise.prior import reconstruct_with_prior
+
+        recon = reconstruct_with_prior(acq, mu, prior["model"], outer=iterations, subsets=subsets,
+                                       weight=prior["weight"], psf=psf, frame=frame, progress=progress.sub(0.0, 0.95))
+    else:
+        recon = reconstruct(acq, mu, iterations=iterations, subsets=subsets, psf=psf, frame=frame,
+                            postfilter_mm=postfilter_mm, progress=progress.sub(0.0, 0.95))
     recon.metadata["reconstruction"]["attenuation_map"] = str(mumap_path)
     recon.metadata["simulation_folder"] = str(sim_dir)
     out = Path(out)
     path = out if image_suffix(out) else out / "recon.nii.gz"
     write_volume(recon, path)
     result = {"recon": str(path), "mumap": str(mumap_path), "iterations": iterations, "subsets": subsets,
-              "frame": frame, "count_fraction": acq.count_fraction}
+              "frame": frame, "count_fraction": acq.count_fraction,
+              "algorithm": recon.metadata["reconstruction"]["algorithm"]}
     labels_path, activity_path = sim_dir / "labels.nii.gz", sim_dir / "activity.nii.gz"
     summary_path = sim_dir / "simulation.json"
     if labels_path.exists() and activity_path.exists() and summary_path.exists():

@@ -1,0 +1,86 @@
+"""Denoise a PET image: ``gaussian`` post-filter, learned ``cnn`` / ``gan`` denoisers, ``sr`` super-resolution.
+
+The learned models are unit-invariant: the input is divided by its mean in the body before the network and
+the output multiplied back (k × input → k × output, Bq/ml, kBq/ml or SUV alike). They were trained on
+3–5 mm voxels; a volume whose voxels fall far outside (below 2 mm or above 7 mm) is resampled to the nearest
+trained size for the network and back to its own grid, and the result says so. The output always keeps the
+input's grid, units and modality; negative network outputs are set to 0 (activity cannot be negative).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import NMAIError
+from ..progress import as_progress
+from ..validate import check_pet
+from ..volume import Volume
+
+METHODS = ("gaussian", "cnn", "gan", "sr")
+DEFAULT_MODELS = {"cnn": "denoise-cnn", "gan": "denoise-gan", "sr": "denoise-sr"}
+VOXEL_LIMITS_MM = (2.0, 7.0)   # beyond these the network input is resampled
+DEFAULT_FWHM_MM = 6.0
+
+
+def _model(method: str, model):
+    from ..models import load_model
+    from ..models.loading import LoadedModel
+
+    loaded = model if isinstance(model, LoadedModel) else load_model(model or DEFAULT_MODELS[method], device="cpu")
+    if loaded.task != "denoise":
+        raise NMAIError(f"model '{loaded.name}' is a {loaded.task} model, not a denoising model; choose a "
+                        "denoise model (denoise-cnn, denoise-gan, denoise-sr or one from `nmai train denoise`)")
+    return loaded
+
+
+def network_grid(volume: Volume, training_mm=(3.0, 5.0)):
+    """Spacing the network should see: the volume's own, unless a voxel side is outside
+    ``VOXEL_LIMITS_MM``; then each side is clipped into the training range. Returns (spacing, note)."""
+    sp = np.asarray(volume.spacing, float)
+    if np.all((sp >= VOXEL_LIMITS_MM[0]) & (sp <= VOXEL_LIMITS_MM[1])):
+        return None, None
+    new = np.clip(sp, *training_mm)
+    note = (f"voxels of {' x '.join(f'{s:.2f}' for s in sp)} mm are far from the training voxel size "
+            f"({training_mm[0]:g}-{training_mm[1]:g} mm): the network ran on a {' x '.join(f'{s:.2f}' for s in new)} mm "
+            "grid and its output was resampled back to the input grid")
+    return tuple(float(s) for s in new), note
+
+
+def denoise_volume(volume: Volume, method: str = "cnn", *, fwhm_mm: float | None = None, model=None,
+                   progress=None, **predict_kw) -> tuple[Volume, dict]:
+    """Denoise ``volume`` (PET, Bq/ml or SUV) with ``method``; returns (output Volume, info dict).
+
+    ``model``: a model folder, registry name or loaded model (default: the shipped model of the method).
+    ``predict_kw`` go to :func:`nmai.inference.predict_volume` (threads, memory limit, device, ...).
+    """
+    from ..filters import gaussian_filter
+
+    progress = as_progress(progress)
+    if method not in METHODS:
+        raise NMAIError(f"unknown denoising method {method!r}; use one of {', '.join(METHODS)}")
+    check_pet(volume, volume.metadata.get("source_node", "input"))
+    if method == "gaussian":
+        fwhm = DEFAULT_FWHM_MM if fwhm_mm is None else float(fwhm_mm)
+        out = gaussian_filter(volume, fwhm, progress=progress)
+        out.metadata["denoising"] = {"method": "gaussian", "fwhm_mm": fwhm}
+        return out, {"method": "gaussian", "fwhm_mm": fwhm, "note": None}
+    if fwhm_mm is not None:
+        raise NMAIError(f"--fwhm applies to the gaussian method only, not to {method}")
+    from ..inference import predict_volume, resample_to_reference, resample_to_spacing
+
+    loaded = _model(method, model)
+    progress(0.0, f"loading {loaded.name}")
+    training_mm = tuple(loaded.card.get("training", {}).get("data", {}).get("voxel_mm_range", (3.0, 5.0)))
+    spacing, note = network_grid(volume, training_mm)
+    source = volume if spacing is None else resample_to_spacing(volume, spacing)
+    y = predict_volume(loaded, source.array[None].astype(np.float32), progress=progress.sub(0.02, 0.95),
+                       **predict_kw)[0]
+    if spacing is not None:
+        y = resample_to_reference(source.derive(y), volume).array
+    y = np.maximum(y, 0.0).astype(np.float32)
+    info = {"method": method, "model": loaded.name, "model_version": loaded.version,
+            "model_sha256": loaded.sha256, "note": note}
+    out = volume.derive(y, units=volume.units, modality="PT")
+    out.metadata["denoising"] = {k: v for k, v in info.items() if v is not None}
+    progress(1.0, "denoised")
+    return out, info

@@ -1,0 +1,339 @@
+"""Training the PET denoising networks on simulated phantoms (``nmai train denoise --method cnn|gan|sr``).
+
+Data (one case per whole-body phantom, seeds 20000+; evaluation uses seeds below 10000). Every case draws
+its own voxel size (3–5 mm), scanner resolution (PSF FWHM 3.5–5.5 mm), scan duration (120–300 s), OSEM
+iterations (2–4 × 14 subsets), with or without PSF modelling, lesions (3–8) and arms, so the network does
+not learn one scanner's noise texture.
+
+* ``cnn`` / ``gan``: the input is the OSEM of a *thinned* acquisition (a list-mode subsample, count
+  fraction log-uniform in 5–50 %, three per phantom); the target is the full-count OSEM of an
+  *independent* Poisson realisation of the same phantom and scan. Independent noise matters: a thinned scan
+  shares its counts with its own full-count parent, and a network trained towards that parent learns to
+  keep part of the input's noise (Noise2Noise: with independent noise the network learns the mean).
+* ``sr``: input the full-count OSEM of a large-crystal scanner (8 mm crystals, 2 × the default, no PSF
+  modelling, as Hong et al.), count fraction 30–100 %; target the small-crystal (4 mm) full-count OSEM with
+  PSF modelling of an independent realisation, on the same image grid.
+
+Normalisation (exactly as at inference): both images are divided by the input's mean in the body
+(``robust_scale`` / ``mean_in_body``), so the model is unit-invariant (k × input → k × output).
+
+Network: a 2.5-D MONAI U-Net with residual units and a global skip (``residual_unet``): five neighbouring
+slices in, the centre slice's correction out. No normalisation layers, so a tile's output does not depend
+on the other voxels in its window (no seams between sliding-window tiles or slabs).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import NMAIError
+from ..progress import as_progress
+
+CONTEXT = 2
+ROI = 64
+TRAIN_SEED_BASE = 20_000
+VAL_SEED_BASE = 25_000
+METHODS = ("cnn", "gan", "sr")
+NAMES = {"cnn": "denoise-cnn", "gan": "denoise-gan", "sr": "denoise-sr"}
+NORMALISATION = {"method": "robust_scale", "statistic": "mean_in_body", "body_fraction": 0.05}
+LARGE_CRYSTAL_GROUP = 2  # 8 mm crystals, 2x the default scanner's
+
+
+@dataclass(frozen=True)
+class Preset:
+    cases: int
+    steps: dict            # per method
+    batch: int
+    channels: tuple
+    val_cases: int
+    fractions: tuple = (0.05, 0.5)   # cnn/gan training count fractions (log-uniform)
+    per_case: int = 3                # low-count versions per phantom
+    voxel_mm: tuple = (3.0, 5.0)
+    lr: float = 1e-3
+    adversarial_weight: float = 0.02
+
+
+PRESETS = {
+    "shipped": Preset(cases=20, steps={"cnn": 8000, "gan": 3000, "sr": 5000}, batch=16,
+                      channels=(24, 48, 96, 192), val_cases=3),
+    "quick": Preset(cases=2, steps={"cnn": 4, "gan": 4, "sr": 4}, batch=2, channels=(4, 8, 16, 32), val_cases=1,
+                    per_case=1, voxel_mm=(6.0, 7.0)),  # tests and CI: proves the code runs, trains nothing
+}
+
+
+def network_spec(preset: Preset) -> dict:
+    return {"name": "residual_unet", "kwargs": {
+        "spatial_dims": 2, "in_channels": 2 * CONTEXT + 1, "out_channels": 1, "channels": list(preset.channels),
+        "strides": [2] * (len(preset.channels) - 1), "num_res_units": 2, "act": "PRELU", "norm": None}}
+
+
+def discriminator_spec() -> dict:
+    # conditional: it sees the low-count centre slice and a (real or generated) full-count slice
+    return {"name": "patch_discriminator", "kwargs": {"spatial_dims": 2, "in_channels": 2, "out_channels": 1,
+                                                      "channels": 32, "num_layers_d": 3, "norm": "INSTANCE"}}
+
+
+def data_format() -> dict:
+    return {"dims": 2, "context_slices": CONTEXT, "roi_size": [128, 128], "spacing_mm": None,
+            "inputs": {"pet": {"channels": 1, "modality": "PT", "units": "Bq/ml", "normalisation": dict(NORMALISATION)}},
+            "outputs": {"pet": {"channels": 1, "modality": "PT", "units": "Bq/ml", "activation": "none",
+                                "normalisation": {"method": "same_as_input", "input": "pet"}}}}
+
+
+# ------------------------------------------------------------------------------------------- data
+def scan_params(rng: np.random.Generator) -> dict:
+    return {"duration_s": float(rng.uniform(120, 300)), "iterations": int(rng.integers(2, 5)),
+            "psf": bool(rng.random() < 0.75), "psf_fwhm_mm": float(rng.uniform(3.5, 5.5))}
+
+
+def body_scale(array: np.ndarray) -> float:
+    from ..models.normalisation import compute_stats
+
+    return compute_stats(array, NORMALISATION, "PET")["scale"]
+
+
+def make_case(seed: int, method: str, preset: Preset) -> dict:
+    """One phantom's (input, target) pairs, each normalised by its input's body mean: float16
+    ``x`` (N, Z, Y, X) and ``y`` (N, Z, Y, X), plus what was drawn."""
+    from ..sim import DEFAULT_SCANNER, make_phantom, reconstruct, simulate_acquisition, thinned
+
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 11]))
+    voxel = float(rng.uniform(*preset.voxel_mm))
+    p = scan_params(rng)
+    phantom = make_phantom("wholebody", seed=seed, voxel_mm=voxel, arms=bool(rng.random() < 0.4),
+                           lesions=int(rng.integers(3, 9)), mr=False)
+    act, mu = phantom.activity, phantom.mumap
+    small = DEFAULT_SCANNER.with_(psf_fwhm_mm=p["psf_fwhm_mm"])
+    target_acq = simulate_acquisition(act, mu, small, duration_s=p["duration_s"], seed=seed + 500_000)
+    if method == "sr":
+        source = DEFAULT_SCANNER.with_(crystal_group=LARGE_CRYSTAL_GROUP)
+        source_acq = simulate_acquisition(act, mu, source, duration_s=p["duration_s"], seed=seed)
+        fractions = [1.0] + [float(rng.uniform(0.3, 1.0)) for _ in range(preset.per_case - 1)]
+        recon_in = {"iterations": p["iterations"], "psf": False}
+        recon_target = {"iterations": 3, "psf": True}
+    else:
+        source_acq = simulate_acquisition(act, mu, small, duration_s=p["duration_s"], seed=seed)
+        lo, hi = np.log(preset.fractions[0]), np.log(preset.fractions[1])
+        fractions = [float(np.exp(rng.uniform(lo, hi))) for _ in range(preset.per_case)]
+        recon_in = recon_target = {"iterations": p["iterations"], "psf": p["psf"]}
+    target = reconstruct(target_acq, mu, **recon_target).array
+    xs, ys = [], []
+    for f in fractions:
+        x = reconstruct(thinned(source_acq, f), mu, **recon_in).array
+        s = body_scale(x)
+        xs.append((x / s).astype(np.float16))
+        ys.append((target / s).astype(np.float16))
+    return {"x": np.stack(xs), "y": np.stack(ys), "seed": seed, "voxel_mm": voxel, "fractions": fractions, **p}
+
+
+def _pad(case: dict) -> dict:
+    *_, ny, nx = case["x"].shape
+    py, px = max(0, ROI - ny), max(0, ROI - nx)
+    if py or px:
+        pads = ((0, 0), (0, 0), (py // 2, py - py // 2), (px // 2, px - px // 2))
+        case["x"], case["y"] = np.pad(case["x"], pads), np.pad(case["y"], pads)
+    return case
+
+
+def build_cases(seeds, method: str, preset: Preset, workers: int = 1, cache_dir=None, progress=None) -> list[dict]:
+    """Build (or load from ``cache_dir``: ``<kind>-<seed>.npz``, no pickle) the training cases."""
+    progress = as_progress(progress)
+    kind = "sr" if method == "sr" else "lowcount"
+    seeds = list(seeds)
+    cache = Path(cache_dir) if cache_dir else None
+    cases: dict[int, dict] = {}
+    if cache is not None:
+        cache.mkdir(parents=True, exist_ok=True)
+        for s in seeds:
+            f = cache / f"{kind}-{s}.npz"
+            if f.exists():
+                with np.load(f, allow_pickle=False) as z:
+                    cases[s] = {"x": z["x"], "y": z["y"], "seed": s}
+    todo = [s for s in seeds if s not in cases]
+    pool = None
+    if workers > 1 and len(todo) > 1:
+        from concurrent.futures import ProcessPoolExecutor
+
+        pool = ProcessPoolExecutor(workers)
+        made = pool.map(make_case, todo, [method] * len(todo), [preset] * len(todo))
+    else:
+        made = (make_case(s, method, preset) for s in todo)
+    try:
+        for i, case in enumerate(made):
+            cases[case["seed"]] = case
+            if cache is not None:
+                from ..io import atomic_path
+
+                with atomic_path(cache / f"{kind}-{case['seed']}.npz") as tmp, open(tmp, "wb") as fh:
+                    np.savez(fh, x=case["x"], y=case["y"])
+            progress((len(seeds) - len(todo) + i + 1) / len(seeds), f"phantom {len(seeds) - len(todo) + i + 1}/{len(seeds)}")
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+    return [_pad(cases[s]) for s in seeds]
+
+
+class PairSampler:
+    """Random 2.5-D windows: (B, 2k+1, ROI, ROI) inputs, (B, 1, ROI, ROI) targets, random flips."""
+
+    def __init__(self, cases: list[dict], batch: int):
+        self.batch, self.cases = batch, cases
+
+    def __call__(self, step: int, rng: np.random.Generator):
+        import torch
+
+        xs, ys = [], []
+        for _ in range(self.batch):
+            c = self.cases[int(rng.integers(len(self.cases)))]
+            n, nz, ny, nx = c["x"].shape
+            m, k = int(rng.integers(n)), int(rng.integers(nz))
+            ks = [min(max(k + d, 0), nz - 1) for d in range(-CONTEXT, CONTEXT + 1)]
+            j0, i0 = int(rng.integers(ny - ROI + 1)), int(rng.integers(nx - ROI + 1))
+            x = c["x"][m, ks, j0:j0 + ROI, i0:i0 + ROI].astype(np.float32)
+            y = c["y"][m, k:k + 1, j0:j0 + ROI, i0:i0 + ROI].astype(np.float32)
+            if rng.random() < 0.5:
+                x, y = x[:, :, ::-1], y[:, :, ::-1]
+            xs.append(np.ascontiguousarray(x))
+            ys.append(np.ascontiguousarray(y))
+        return torch.from_numpy(np.stack(xs)), torch.from_numpy(np.stack(ys))
+
+
+def l1_loss(pred, target):
+    return (pred - target).abs().mean()
+
+
+def gan_step(adversarial_weight: float):
+    """Least-squares GAN with an L1 content loss; the discriminator is conditioned on the input slice."""
+    import torch
+
+    def step_fn(batch, step, state):  # noqa: ARG001
+        x, y = batch
+        g, d = state.modules["generator"], state.modules["discriminator"]
+        og, od = state.optimizers["generator"], state.optimizers["discriminator"]
+        centre = x[:, CONTEXT:CONTEXT + 1]
+        fake = g(x)
+        od.zero_grad(set_to_none=True)
+        real_logit = d(torch.cat([centre, y], 1))[-1]
+        fake_logit = d(torch.cat([centre, fake.detach()], 1))[-1]
+        loss_d = 0.5 * ((real_logit - 1) ** 2).mean() + 0.5 * (fake_logit ** 2).mean()
+        loss_d.backward()
+        od.step()
+        og.zero_grad(set_to_none=True)
+        adv = ((d(torch.cat([centre, fake], 1))[-1] - 1) ** 2).mean()
+        content = (fake - y).abs().mean()
+        (content + adversarial_weight * adv).backward()
+        content, adv, loss_d = content.detach(), adv.detach(), loss_d.detach()
+        og.step()
+        return {"l1": content.item(), "adv": adv.item(), "d": loss_d.item()}
+
+    return step_fn
+
+
+# ------------------------------------------------------------------------------------------- training
+def train_denoise(method: str, out_dir, *, preset: str = "shipped", init=None, device=None, workers: int = 1,
+                  checkpoint_dir=None, cache_dir=None, progress=None, command: str = "") -> dict:
+    """Train ``method`` (cnn, gan, sr) and save it as an NMAI model folder in ``out_dir``.
+
+    ``gan`` starts its generator from a trained cnn (``init``: a model folder or registry name; default
+    ``denoise-cnn``), so its adversarial phase only has to restore texture and contrast.
+    """
+    from ..models import build_network, load_model, new_card, save_model
+    from ..models.loading import pick_device
+    from ..training import card_training, seed_everything, train
+
+    if method not in METHODS:
+        raise NMAIError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
+    if preset not in PRESETS:
+        raise NMAIError(f"unknown preset {preset!r}; use one of {', '.join(PRESETS)}")
+    p, progress = PRESETS[preset], as_progress(progress)
+    steps = p.steps[method]
+    t0 = time.time()
+    seed = {"cnn": 11, "gan": 12, "sr": 13}[method]
+    seed_everything(seed)
+    seeds = range(TRAIN_SEED_BASE, TRAIN_SEED_BASE + p.cases)
+    cases = build_cases(seeds, method, p, workers, cache_dir, progress.sub(0.0, 0.4))
+    data_s = time.time() - t0
+    network = network_spec(p)
+    module = build_network(network)
+    dev = pick_device(device)
+    sampler = PairSampler(cases, p.batch)
+    common = dict(steps=steps, seed=seed, checkpoint_dir=checkpoint_dir, progress=progress.sub(0.4, 0.9),
+                  device=dev, log_every=max(1, steps // 20), checkpoint_every=max(1, steps // 10))
+    init_from = None
+    if method == "gan":
+        init_ref = init or "denoise-cnn"
+        if preset != "quick" or init is not None:
+            cnn = load_model(init_ref, device="cpu")
+            if cnn.card["network"] != network:
+                raise NMAIError(f"{init_ref}: its network differs from the GAN generator's; train the cnn with "
+                                f"the same preset first")
+            module.load_state_dict(cnn.module.state_dict())
+            init_from = {"model": cnn.name, "sha256": cnn.card.get("sha256")}
+        disc = build_network(discriminator_spec())
+        result = train({"generator": module, "discriminator": disc}, sampler, lr=p.lr / 4,
+                       step_fn=gan_step(p.adversarial_weight), schedule="constant", **common)
+    else:
+        result = train(module, sampler, l1_loss, lr=p.lr, warmup_steps=steps // 30, **common)
+    module.eval().cpu()
+    training = card_training(result, command or f"nmai train denoise --method {method} --preset {preset}", preset)
+    training.update({
+        "batch_size": p.batch, "roi": [ROI, ROI],
+        "loss": ("L1 + %g x least-squares GAN (conditional patch discriminator)" % p.adversarial_weight
+                 if method == "gan" else "L1"),
+        "initialised_from": init_from,
+        "data": {"phantoms": p.cases, "seeds": [seeds.start, seeds.stop - 1], "voxel_mm_range": list(p.voxel_mm),
+                 "count_fractions": (list(p.fractions) if method != "sr" else [0.3, 1.0]),
+                 "versions_per_phantom": p.per_case, "build_s": round(data_s, 1),
+                 "input": ("large-crystal (8 mm) OSEM without PSF" if method == "sr" else "thinned OSEM"),
+                 "target": ("small-crystal (4 mm) full-count OSEM with PSF, independent realisation"
+                            if method == "sr" else "full-count OSEM, independent Poisson realisation")}})
+    folder = Path(out_dir) / NAMES[method]
+    description = {
+        "cnn": "2.5-D residual MONAI U-Net: low-count PET OSEM (5-50 % counts) -> full-count quality",
+        "gan": "2.5-D residual MONAI U-Net generator trained adversarially (conditional patch GAN + L1): "
+               "low-count PET -> full-count quality, keeping noise texture and lesion contrast",
+        "sr": "2.5-D residual MONAI U-Net: large-crystal (8 mm) PET OSEM -> small-crystal (4 mm) resolution",
+    }[method]
+
+    def save(metrics):
+        training["total_s"] = round(time.time() - t0, 1)
+        card = new_card(
+            name=NAMES[method], task="denoise", network=network, network_data_format=data_format(),
+            training=training, version="0.1.0", description=description + "; unit-invariant (Bq/ml or SUV)",
+            intended_use="research only; trained on simulated phantoms — validate on your scanner's data and "
+                         "retrain with `nmai train denoise` before any use on patients",
+            data_source=f"NMAI simulator whole-body phantoms, seeds {seeds.start}-{seeds.stop - 1}, voxel "
+                        f"{p.voxel_mm[0]:g}-{p.voxel_mm[1]:g} mm, Biograph-mMR-class per-slice scanner model",
+            metrics=metrics)
+        save_model(module, folder, card)
+
+    save({})
+    progress(0.9, "validating on held-out phantoms")
+    val_seeds = range(VAL_SEED_BASE, VAL_SEED_BASE + p.val_cases)
+    metrics = {"validation": validate(module, method, p, val_seeds)}
+    save(metrics)
+    progress(1.0, f"saved {folder}")
+    return {"folder": str(folder), "metrics": metrics["validation"], "training": training}
+
+
+def validate(module, method: str, preset: Preset, seeds) -> dict:
+    """Mean L1 (in units of the body mean) of input and output against the target, on held-out phantoms."""
+    import torch
+
+    from ..models.sliding import sliding_predict
+
+    before, after = [], []
+    for case in build_cases(seeds, method, preset):
+        for x, y in zip(case["x"].astype(np.float32), case["y"].astype(np.float32)):
+            with torch.no_grad():
+                out, _ = sliding_predict(module, x[None], dims=2, context_slices=CONTEXT, roi_size=[128, 128],
+                                         out_channels=1, device="cpu")
+            body = y > 0.05
+            before.append(float(np.abs(x - y)[body].mean()))
+            after.append(float(np.abs(out[0] - y)[body].mean()))
+    return {"cases": len(seeds), "first_seed": int(seeds[0]), "l1_input_vs_target": float(np.mean(before)),
+            "l1_output_vs_target": float(np.mean(after))}

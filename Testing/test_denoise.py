@@ -1,0 +1,209 @@
+"""PET denoising engine: networks, thinning, learned denoisers (quick-trained), CNN-prior reconstruction."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from nmai.errors import NMAIError
+from nmai.volume import Volume
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """Tiny cnn, gan and sr models (quick preset: a few steps — proves the code, not the quality)."""
+    from nmai.denoise.training import train_denoise
+
+    root = tmp_path_factory.mktemp("denoise-models")
+    out = {}
+    for method in ("cnn", "gan", "sr"):
+        init = str(out["cnn"]) if method == "gan" else None
+        r = train_denoise(method, root, preset="quick", init=init, cache_dir=root / "cache",
+                          checkpoint_dir=root / f"ck-{method}")
+        out[method] = r["folder"]
+    return out
+
+
+@pytest.fixture(scope="module")
+def small_sim():
+    from nmai.sim import make_phantom, simulate
+
+    ph = make_phantom("wholebody", seed=3, voxel_mm=8.0, mr=False)
+    return ph, simulate(ph, seed=3, duration_s=60.0, iterations=1, subsets=7)
+
+
+def test_residual_unet_adds_centre_slice():
+    import torch
+
+    from nmai.models.networks import build_network
+
+    net = build_network({"name": "residual_unet", "kwargs": {"spatial_dims": 2, "in_channels": 5, "out_channels": 1,
+                                                             "channels": [4, 8], "strides": [2]}})
+    for p in net.unet.parameters():
+        torch.nn.init.zeros_(p)
+    x = torch.randn(2, 5, 16, 16)
+    assert torch.equal(net(x), x[:, 2:3])  # a zero U-Net leaves the centre slice: the net learns the residual
+    with pytest.raises(NMAIError, match="out_channels"):
+        build_network({"name": "residual_unet", "kwargs": {"spatial_dims": 2, "in_channels": 5, "out_channels": 2,
+                                                           "channels": [4, 8], "strides": [2]}})
+
+
+def test_thinned_equals_simulated_count_fraction():
+    from nmai.sim import make_phantom, simulate_acquisition, thinned
+
+    ph = make_phantom("wholebody", seed=1, voxel_mm=10.0, mr=False)
+    full = simulate_acquisition(ph.activity, ph.mumap, duration_s=30.0, seed=9)
+    direct = simulate_acquisition(ph.activity, ph.mumap, duration_s=30.0, seed=9, count_fraction=0.2)
+    thin = thinned(full, 0.2)
+    np.testing.assert_array_equal(thin.prompts, direct.prompts)  # a list-mode subsample of the same scan
+    assert thin.count_fraction == 0.2 and full.count_fraction == 1.0
+    assert thin.prompts.sum() == pytest.approx(0.2 * full.prompts.sum(), rel=0.01)
+    with pytest.raises(NMAIError, match="full-count"):
+        thinned(thin, 0.5)
+
+
+def test_metrics_against_analytic_values():
+    from nmai.denoise.metrics import nrmse, psnr_db, region_stats, ssim
+
+    rng = np.random.default_rng(0)
+    ref = np.full((20, 20, 20), 4.0)
+    mask = np.ones(ref.shape, bool)
+    noisy = ref + rng.normal(0, 0.4, ref.shape)
+    rmse = np.sqrt(np.mean((noisy - ref) ** 2))
+    assert psnr_db(noisy, ref, mask) == pytest.approx(20 * np.log10(4.0 / rmse))
+    assert nrmse(noisy, ref, mask) == pytest.approx(rmse / 4.0)
+    assert ssim(ref, ref, mask) == pytest.approx(1.0)
+    assert ssim(noisy, ref, mask) < 0.9
+    img = np.zeros((30, 30, 30))
+    img[10:20, 10:20, 10:20] = 5.0
+    img[15, 15, 15] = 50.0
+    stats = region_stats(img, img > 0, (2.0, 2.0, 2.0))
+    assert stats["max"] == 50.0 and stats["volume_ml"] == pytest.approx(1000 * 8 / 1000.0)
+    # 1 ml sphere at 2 mm voxels: radius 6.2 mm -> 3 voxels: 123 voxels; peak = (50 + 122 * 5) / 123
+    assert stats["peak"] == pytest.approx((50 + 122 * 5) / 123)
+
+
+def test_gaussian_and_learned_methods_keep_geometry_units_and_scale(models, small_sim):
+    from geometry_cases import GEOMETRIES
+
+    from nmai.denoise.apply import denoise_volume
+
+    _, sim = small_sim
+    pet = sim.recon
+    geo = GEOMETRIES["oblique"]
+    oblique = Volume(pet.array.copy(), (3.1, 3.3, 3.7), geo["origin"], geo["direction"],
+                     modality="PT", units="Bq/ml")
+    before = oblique.array.copy()
+    for method in ("cnn", "gan", "sr"):
+        out, info = denoise_volume(oblique, method, model=models[method])
+        assert out.same_grid(oblique) and np.allclose(out.direction, oblique.direction)
+        assert out.units == "Bq/ml" and out.modality == "PT" and info["note"] is None
+        assert np.all(out.array >= 0) and np.isfinite(out.array).all()
+        assert out.metadata["denoising"]["model_sha256"] == json.load(
+            open(f"{models[method]}/metadata.json"))["sha256"]
+        # unit invariance: kBq/ml (and SUV) in, the same image x k out
+        suv = oblique.derive(oblique.array * 1e-3, units="SUVbw")
+        scaled, _ = denoise_volume(suv, method, model=models[method])
+        assert scaled.units == "SUVbw"
+        np.testing.assert_allclose(scaled.array * 1e3, out.array, rtol=1e-3, atol=1e-4 * out.array.max())
+    np.testing.assert_array_equal(oblique.array, before)  # the input is never modified
+    g, info = denoise_volume(oblique, "gaussian", fwhm_mm=8.0)
+    assert info["fwhm_mm"] == 8.0 and g.array.std() < oblique.array.std() and g.same_grid(oblique)
+    assert g.array.sum() == pytest.approx(oblique.array.sum(), rel=1e-3)  # the filter keeps the activity
+
+
+def test_far_voxel_size_is_resampled_and_said(models, small_sim):
+    from nmai.denoise.apply import denoise_volume
+
+    _, sim = small_sim
+    fine = Volume(sim.recon.array[:12], (1.0, 1.0, 1.0), (0, 0, 0), np.eye(3), modality="PT", units="Bq/ml")
+    out, info = denoise_volume(fine, "cnn", model=models["cnn"])
+    assert out.same_grid(fine) and "far from the training voxel size" in info["note"]
+    assert out.metadata["denoising"]["note"] == info["note"]
+
+
+def test_bad_inputs_are_refused(models, small_sim, tmp_path):
+    import shutil
+
+    from nmai.denoise.apply import denoise_volume
+
+    _, sim = small_sim
+    pet = sim.recon
+    with pytest.raises(NMAIError, match="not PET"):
+        denoise_volume(pet.derive(pet.array, modality="CT", units="HU"), "cnn", model=models["cnn"])
+    nan = pet.array.copy()
+    nan[3, 4, 5] = np.nan
+    with pytest.raises(NMAIError, match="NaN"):
+        denoise_volume(pet.derive(nan), "cnn", model=models["cnn"])
+    with pytest.raises(NMAIError, match="difference image|negative"):
+        denoise_volume(pet.derive(pet.array - pet.array.max()), "cnn", model=models["cnn"])
+    with pytest.raises(NMAIError, match="gaussian method only"):
+        denoise_volume(pet, "cnn", fwhm_mm=4.0, model=models["cnn"])
+    with pytest.raises(NMAIError, match="unknown denoising method"):
+        denoise_volume(pet, "median")
+    broken = tmp_path / "broken"
+    shutil.copytree(models["cnn"], broken)
+    data = bytearray((broken / "model.safetensors").read_bytes())
+    data[-10:] = b"0123456789"
+    (broken / "model.safetensors").write_bytes(bytes(data))
+    with pytest.raises(NMAIError, match="sha256|corrupt"):
+        denoise_volume(pet, "cnn", model=str(broken))
+
+
+def test_local_linear_fit_and_map_update_are_exact_where_they_should_be():
+    import torch
+
+    from nmai.denoise.prior import local_linear_fit, map_update
+
+    rng = np.random.default_rng(1)
+    guide = rng.uniform(1, 5, (8, 12, 12)).astype(np.float32)
+    # an image that is a linear function of the guide is reproduced exactly (up to the ridge term)
+    np.testing.assert_allclose(local_linear_fit(guide, 2.0 * guide + 3.0, eps_rel=1e-9), 2 * guide + 3, rtol=1e-4)
+    x_em = torch.rand(50, 4) + 0.5
+    u = torch.rand(50, 4) + 0.5
+    assert torch.equal(map_update(x_em, u, 0.0), x_em)                    # no prior: plain OSEM
+    torch.testing.assert_close(map_update(u, u, 0.7), u)                  # data agree with the prior
+    x = map_update(x_em, u, 0.5)
+    # the update solves γ/u x² + (1 − γ) x − x_em = 0 (stationary point of the penalised surrogate)
+    torch.testing.assert_close(0.5 / u * x * x + 0.5 * x - x_em, torch.zeros_like(x), atol=1e-5, rtol=0)
+    lo, hi = torch.minimum(x_em, u), torch.maximum(x_em, u)
+    assert bool(((x >= lo - 1e-5) & (x <= hi + 1e-5)).all())               # between the data and the prior
+
+
+def test_prior_reconstruction_cli(models, small_sim, tmp_path):
+    from nmai.cli import main
+    from nmai.io import read_volume
+    from nmai.sim import write_simulation
+
+    ph, sim = small_sim
+    folder = tmp_path / "sim"
+    write_simulation(sim, folder)
+    out = tmp_path / "prior.nii.gz"
+    assert main(["reconstruct", str(folder), "--prior", "cnn", "--prior-model", models["cnn"], "--iterations", "2",
+                 "--subsets", "7", "--out", str(out)]) == 0
+    img = read_volume(out)
+    assert img.units == "Bq/ml" and img.same_grid(sim.recon)
+    assert img.metadata["reconstruction"]["algorithm"] == "OSEM + CNN prior + LLF"
+    truth = sim.summary["truth_mean_bq_ml"]
+    liver = read_volume(folder / "labels.nii.gz").array == sim.label_table["liver"]
+    assert img.array[liver].mean() == pytest.approx(truth["liver"], rel=0.25)  # quantitative, in Bq/ml
+    assert main(["reconstruct", str(folder), "--prior-weight", "0.2", "--out", str(tmp_path / "x.nii.gz")]) == 2
+
+
+def test_train_and_denoise_cli(models, small_sim, tmp_path):
+    from nmai.cli import main
+    from nmai.io import read_volume, write_volume
+
+    _, sim = small_sim
+    src = tmp_path / "low.nii.gz"
+    write_volume(sim.recon, src)
+    for method, extra in (("cnn", ["--model", models["cnn"]]), ("gaussian", ["--fwhm", "5"])):
+        out = tmp_path / f"{method}.nii.gz"
+        assert main(["denoise", str(src), "--method", method, *extra, "--out", str(out)]) == 0
+        img = read_volume(out)
+        assert img.same_grid(sim.recon) and img.units == "Bq/ml"
+    assert main(["denoise", str(src), "--method", "gaussian", "--model", models["cnn"],
+                 "--out", str(tmp_path / "bad.nii.gz")]) == 2
+    assert not (tmp_path / "bad.nii.gz").exists()
