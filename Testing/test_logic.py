@@ -128,9 +128,9 @@ def test_denoise_makes_a_new_pet_node_beside_the_input(study):
 def test_denoise_twice_keeps_both_outputs(study):
     scene, _, _ = study
     node = add_series(study, pet_volume("lps"), "PET")
-    first = NMAIDenoiseLogic().process(node, fwhm_mm=4.0)
+    first = NMAIDenoiseLogic().process(node, method="gaussian", fwhm_mm=4.0)
     first_values = slicer.util.arrayFromVolume(first).copy()
-    second = NMAIDenoiseLogic().process(node, fwhm_mm=8.0)
+    second = NMAIDenoiseLogic().process(node, method="gaussian", fwhm_mm=8.0)
     assert (first.GetName(), second.GetName()) == ("PET_denoised", "PET_denoised_1")
     assert np.array_equal(slicer.util.arrayFromVolume(first), first_values)
     assert len(volume_nodes(scene)) == 3
@@ -139,7 +139,7 @@ def test_denoise_twice_keeps_both_outputs(study):
 def test_denoise_keeps_suv_units_and_shows_suv_window(study):
     scene, _, _ = study
     node = add_series(study, pet_volume("ras", units="SUVbw", metadata={}), "PET SUV")
-    out = NMAIDenoiseLogic().process(node, fwhm_mm=5.0)
+    out = NMAIDenoiseLogic().process(node, method="gaussian", fwhm_mm=5.0)
     assert out.GetAttribute("NMAI.units") == "SUVbw"
     assert out.GetVoxelValueUnits().GetCodeValue() == "{SUVbw}g/ml"
     display = out.GetDisplayNode()
@@ -152,9 +152,9 @@ def test_denoise_without_units_asks_for_them_and_creates_nothing(study):
     slicer.util.updateVolumeFromArray(node, pet_volume("lps").array)  # no units recorded anywhere
     count = scene.GetNumberOfNodes()
     with pytest.raises(NMAIError, match="Bq/ml or SUV"):
-        NMAIDenoiseLogic().process(node)
+        NMAIDenoiseLogic().process(node, method="gaussian")
     assert scene.GetNumberOfNodes() == count
-    out = NMAIDenoiseLogic().process(node, units="Bq/ml")
+    out = NMAIDenoiseLogic().process(node, method="gaussian", units="Bq/ml")
     assert out.GetAttribute("NMAI.units") == "Bq/ml"
     assert out.GetAttribute("NMAI.suv_bw_factor") is None
     assert "records no SUV factor" in out.GetAttribute("NMAI.suv_unavailable_reason")
@@ -168,11 +168,11 @@ def test_denoise_refuses_a_ct_and_bad_parameters(study):
     with pytest.raises(NMAIError, match="not PET"):
         NMAIDenoiseLogic().process(ct)
     with pytest.raises(NMAIError, match="FWHM"):
-        NMAIDenoiseLogic().process(pet, fwhm_mm=0.0)
+        NMAIDenoiseLogic().process(pet, method="gaussian", fwhm_mm=0.0)
     with pytest.raises(NMAIError, match="method"):
         NMAIDenoiseLogic().process(pet, method="unet")
     with pytest.raises(NMAIError, match="recorded as Bq/ml"):
-        NMAIDenoiseLogic().process(pet, units="SUVbw")
+        NMAIDenoiseLogic().process(pet, method="gaussian", units="SUVbw")
     with pytest.raises(NMAIError, match="No input volume"):
         NMAIDenoiseLogic().process(None)
     assert scene.GetNumberOfNodes() == count
@@ -267,7 +267,7 @@ def test_background_run_polls_to_a_new_node(study):
     volume = pet_volume("oblique")
     node = add_series(study, volume, "PET")
     before = snapshot(node)
-    handle = NMAIDenoiseLogic().process(node, fwhm_mm=6.0, wait=False)
+    handle = NMAIDenoiseLogic().process(node, method="gaussian", fwhm_mm=6.0, wait=False)
     folder = handle.task.folder
     assert os.path.isdir(folder)
     deadline = time.monotonic() + 120
@@ -288,7 +288,7 @@ def test_cancel_leaves_no_node_and_no_file(study):
     scene, _, _ = study
     node = add_series(study, pet_volume("lps", shape=(96, 128, 128)), "PET")
     count, nodes = scene.GetNumberOfNodes(), len(volume_nodes(scene))
-    handle = NMAIDenoiseLogic().process(node, fwhm_mm=12.0, wait=False)
+    handle = NMAIDenoiseLogic().process(node, method="gaussian", fwhm_mm=12.0, wait=False)
     folder = handle.task.folder
     process = getattr(handle.runner, "_proc", None)  # the runner's child process, when it exposes it
     assert os.path.isdir(folder)
@@ -311,7 +311,8 @@ def test_engine_failure_in_child_leaves_nothing(study):
     scene, _, _ = study
     node = add_series(study, pet_volume("lps"), "PET")
     count = scene.GetNumberOfNodes()
-    task = EngineTask("denoise", [TaskInput(node)], [TaskOutput("denoised")], options=["--fwhm", "-3"])
+    task = EngineTask("denoise", [TaskInput(node)], [TaskOutput("denoised")],
+                      options=["--method", "gaussian", "--fwhm", "-3"])
     handle = task.start()
     folder = task.folder
     with pytest.raises(NMAIError, match="FWHM"):
@@ -332,7 +333,7 @@ def test_failure_while_loading_outputs_removes_the_partial_node(study, monkeypat
 
     monkeypatch.setattr("NMAIExtensionLib.outputs.apply_display", broken)
     with pytest.raises(NMAIError, match="disk full"):
-        NMAIDenoiseLogic().process(node)
+        NMAIDenoiseLogic().process(node, method="gaussian")
     assert scene.GetNumberOfNodes() == count
     assert scene.GetFirstNodeByName("PET_denoised") is None
     assert nmai_temp_folders() == temp_before
@@ -420,7 +421,8 @@ def test_task_monitor_shows_progress_then_result_cancel_and_errors(study, fake_q
     assert cancel.enabled is False and bar.visible is False
     done = []
 
-    monitor.start(NMAIDenoiseLogic().process(node, wait=False), onSuccess=lambda h: done.append(h.node.GetName()))
+    monitor.start(NMAIDenoiseLogic().process(node, method="gaussian", wait=False),
+                  onSuccess=lambda h: done.append(h.node.GetName()))
     assert apply.enabled is False and cancel.enabled is True and bar.visible is True and monitor.timer.active
     _drive(monitor)
     assert done == ["PET_denoised"] and errors == []
@@ -428,13 +430,15 @@ def test_task_monitor_shows_progress_then_result_cancel_and_errors(study, fake_q
     assert "PET_denoised" in status.text
 
     count = scene.GetNumberOfNodes()
-    monitor.start(NMAIDenoiseLogic().process(node, wait=False), onSuccess=lambda h: done.append("no"))
+    monitor.start(NMAIDenoiseLogic().process(node, method="gaussian", wait=False),
+                  onSuccess=lambda h: done.append("no"))
     cancel.callback(True)  # the Cancel button
     assert not monitor.running and apply.enabled is True
     assert "Cancelled" in status.text and errors == [] and done == ["PET_denoised"]
     assert scene.GetNumberOfNodes() == count
 
-    task = EngineTask("denoise", [TaskInput(node)], [TaskOutput("denoised")], options=["--fwhm", "-3"])
+    task = EngineTask("denoise", [TaskInput(node)], [TaskOutput("denoised")],
+                      options=["--method", "gaussian", "--fwhm", "-3"])
     monitor.start(task.start())
     _drive(monitor)
     assert len(errors) == 1 and "FWHM" in errors[0] and "FWHM" in status.text
