@@ -58,13 +58,15 @@ def map_update(x_em, u, gamma: float):
 
 def reconstruct_with_prior(acq, mumap, model="denoise-cnn", *, outer: int = DEFAULT_OUTER,
                            subsets: int = 14, weight: float = DEFAULT_WEIGHT, psf: bool = True, frame=None,
-                           llf: bool = True, progress=None):
-    """CNN-prior reconstruction of ``acq`` (attenuation-corrected with ``mumap``): a Volume in Bq/ml."""
+                           llf: bool = True, progress=None, **predict_kw):
+    """CNN-prior reconstruction of ``acq`` (attenuation-corrected with ``mumap``): a Volume in Bq/ml.
+
+    ``predict_kw`` go to the CNN's inference (:func:`nmai.denoise.apply.denoise_volume`)."""
     import torch
 
     from ..sim.model import columns_to_volume, volume_to_columns
     from ..sim.recon import reconstruct
-    from .apply import _model
+    from .apply import _model, denoise_volume
 
     progress = as_progress(progress)
     if outer < 1:
@@ -72,7 +74,6 @@ def reconstruct_with_prior(acq, mumap, model="denoise-cnn", *, outer: int = DEFA
     if not 0.0 <= weight <= 10.0:
         raise NMAIError(f"prior weight must be in 0-10, got {weight}")
     loaded = _model("cnn", model)
-    from ..inference import predict_volume
 
     vol, em, y = reconstruct(acq, mumap, iterations=1, subsets=subsets, psf=psf, frame=frame,
                              progress=progress.sub(0.0, 0.1), return_model=True)
@@ -84,8 +85,9 @@ def reconstruct_with_prior(acq, mumap, model="denoise-cnn", *, outer: int = DEFA
         span = progress.sub(0.1 + 0.9 * it / outer, 0.1 + 0.9 * (it + 1) / outer)
         image = columns_to_volume(x, acq.grid)
         span(0.0, f"iteration {it + 1}/{outer}: CNN prior")
-        c = predict_volume(loaded, np.maximum(image, 0)[None], progress=span.sub(0.0, 0.5))[0]
-        u = local_linear_fit(np.maximum(c, 0), image) if llf else c
+        c, _ = denoise_volume(vol.derive(np.maximum(image, 0)), "cnn", model=loaded, progress=span.sub(0.0, 0.5),
+                              **predict_kw)
+        u = local_linear_fit(c.array, image) if llf else c.array
         u = volume_to_columns(np.maximum(u, 0))
         for k in range(subsets):
             span(0.5 + 0.5 * k / subsets, f"iteration {it + 1}/{outer}: penalised subset {k + 1}/{subsets}")

@@ -94,7 +94,8 @@ def torch_threads(n: int | None):
     import torch
 
     previous = torch.get_num_threads()
-    torch.set_num_threads(int(n or default_threads()))
+    # never more than the process already allows (``nmai --threads``, torch.set_num_threads)
+    torch.set_num_threads(int(n or min(default_threads(), previous)))
     try:
         yield
     finally:
