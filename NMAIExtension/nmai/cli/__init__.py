@@ -18,7 +18,7 @@ from ..errors import CancelledError, NMAIError
 from ..progress import Progress, jsonl_sink, text_sink
 
 # Order is the order shown by ``nmai --help``.
-COMMANDS = ["info", "convert", "denoise", "attenuation", "demo", "phantom", "simulate", "reconstruct", "bench", "train", "evaluate"]
+COMMANDS = ["info", "convert", "denoise", "attenuation", "demo", "phantom", "simulate", "reconstruct", "bench", "train", "evaluate", "triage"]
 
 
 def build_parser() -> argparse.ArgumentParser:

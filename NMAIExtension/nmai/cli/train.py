@@ -12,16 +12,20 @@ def add_parser(sub):
                                    "metadata.json with sha256, data, seeds, time and metrics). Use --register to "
                                    "add it to the built-in registry (maintainers) or pass the folder path to "
                                    "the commands that take --model.")
-    p.add_argument("task", choices=["attenuation", "denoise"], help="what to train")
+    p.add_argument("task", choices=["attenuation", "denoise", "triage"], help="what to train")
     p.add_argument("--inputs", choices=["dixon", "t1"], default="dixon",
                    help="attenuation: MR inputs, Dixon water+fat or T1 (default dixon)")
     p.add_argument("--method", choices=["cnn", "gan", "sr"], default="cnn",
                    help="denoise: low-count denoiser (cnn), adversarial denoiser (gan, starts from a trained "
                         "cnn) or large-crystal super-resolution (sr); default cnn")
+    p.add_argument("--model", choices=["artifacts", "lesions"], default="artifacts",
+                   help="triage: the image-domain artifact classifier or the lesion-candidate scorer "
+                        "(default artifacts)")
     p.add_argument("--init", metavar="PATH|NAME", default=None,
                    help="denoise --method gan: the trained cnn to start from (default: the shipped denoise-cnn)")
     p.add_argument("--cache", metavar="DIR", default=None,
-                   help="denoise: keep the simulated training pairs here, so another run (gan after cnn) reuses them")
+                   help="denoise/triage: keep the simulated training data here, so another run (gan after cnn, "
+                        "or a resumed run) reuses them")
     p.add_argument("--preset", choices=["shipped", "quick"], default="shipped",
                    help="'shipped' reproduces the shipped model; 'quick' is a few steps to check the code")
     p.add_argument("--out", default="nmai-models", help="folder to write the model folder into")
@@ -48,6 +52,16 @@ def run(args, progress):
             register_model(result["folder"])
         return {**result, "message": f"wrote {result['folder']} (validation {result['metrics']})",
                 "outputs": {"model": result["folder"]}}
+    if args.task == "triage":
+        from ..triage.training import train_triage
+
+        command = f"nmai train triage --model {args.model} --preset {args.preset}"
+        result = train_triage(args.model, Path(args.out), preset=args.preset, cache_dir=args.cache,
+                              checkpoint_dir=args.checkpoints, device=args.device, progress=progress,
+                              command=command)
+        if args.register:
+            register_model(result["folder"])
+        return {**result, "message": f"wrote {result['folder']}", "outputs": {"model": result["folder"]}}
     from ..attenuation.training import train_attenuation
 
     command = "nmai train attenuation --inputs {} --preset {}".format(args.inputs, args.preset)

@@ -1,0 +1,127 @@
+"""Image-domain triage: lesion candidates (rules + CNN score) and the artifact slice classifier."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from nmai.errors import NMAIError
+from nmai.volume import Volume
+
+
+def sphere_phantom(direction=np.eye(3), spacing=(4.0, 4.0, 4.0), seed=0):
+    """A noisy warm cylinder (SUV 1) with a 16 mm sphere at SUV 5 and a second one at SUV 3."""
+    rng = np.random.default_rng(seed)
+    nz, ny, nx = 40, 48, 48
+    k, j, i = np.mgrid[:nz, :ny, :nx].astype(float)
+    body = ((j - 24) ** 2 + (i - 24) ** 2) * spacing[0] ** 2 < 80.0 ** 2
+    img = body * 1.0
+    centres = [(20, 24, 14), (12, 30, 30)]
+    for (c, v) in zip(centres, (5.0, 3.0)):
+        img[((k - c[0]) ** 2 + (j - c[1]) ** 2 + (i - c[2]) ** 2) * spacing[0] ** 2 <= 8.0 ** 2] = v
+    img = np.maximum(img + rng.normal(0, 0.05, img.shape) * body, 0).astype(np.float32)
+    vol = Volume(img, spacing, (-96.0, 20.0, -300.0), direction, modality="PT", units="SUVbw")
+    return vol, centres
+
+
+def test_candidates_find_spheres_and_describe_them_exactly():
+    from nmai.triage.lesions import detect_lesions
+
+    vol, centres = sphere_phantom()
+    found = detect_lesions(vol)
+    assert found["units"] == "SUVbw" and found["model"] is None
+    idx = [tuple(le["index_kji"]) for le in found["lesions"]]
+    for c in centres:
+        assert min(np.abs(np.subtract(c, i)).max() for i in idx) <= 1
+    top = found["lesions"][0]
+    assert top["suv_max"] == pytest.approx(float(vol.array.max()), rel=1e-4)
+    # the 50 %-of-max region of the SUV-5 sphere is the sphere: 16 mm diameter -> ~2.1 ml
+    assert top["volume_ml"] == pytest.approx(4 / 3 * np.pi * 0.8 ** 3, rel=0.3)
+    assert top["tlg"] == pytest.approx(top["suv_mean"] * top["volume_ml"], rel=1e-3)
+    ijk = np.array([*top["index_kji"][::-1], 1.0])
+    np.testing.assert_allclose(top["position_lps"], (vol.index_to_lps() @ ijk)[:3], atol=0.01)
+    assert len(found["lesions"]) <= 4  # noise in a uniform cylinder does not make candidates
+
+
+def test_candidate_positions_follow_oblique_geometry():
+    from geometry_cases import GEOMETRIES
+
+    from nmai.triage.lesions import detect_lesions
+
+    axial, _ = sphere_phantom()
+    oblique, _ = sphere_phantom(direction=GEOMETRIES["oblique"]["direction"])
+    a, o = detect_lesions(axial)["lesions"][0], detect_lesions(oblique)["lesions"][0]
+    assert a["index_kji"] == o["index_kji"]
+    ijk = np.array([*o["index_kji"][::-1], 1.0])
+    np.testing.assert_allclose(o["position_lps"], (oblique.index_to_lps() @ ijk)[:3], atol=0.01)
+    assert not np.allclose(o["position_lps"], a["position_lps"], atol=1.0)
+
+
+def test_bq_ml_converts_with_its_suv_factor_and_stays_bq_ml_without():
+    from nmai.triage.lesions import detect_lesions
+
+    vol, _ = sphere_phantom()
+    bq = vol.derive(vol.array * 5000.0, units="Bq/ml", suv_bw_factor=1 / 5000.0)
+    res = detect_lesions(bq)
+    assert res["units"] == "SUVbw" and res["lesions"][0]["suv_max"] == pytest.approx(float(vol.array.max()), rel=1e-4)
+    raw = vol.derive(vol.array * 5000.0, units="Bq/ml")
+    raw.metadata.pop("suv_bw_factor", None)
+    res = detect_lesions(raw)
+    assert res["units"] == "Bq/ml" and res["lesions"][0]["suv_max"] == pytest.approx(5000 * float(vol.array.max()),
+                                                                                       rel=1e-4)
+
+
+@pytest.fixture(scope="module")
+def triage_models(tmp_path_factory):
+    from nmai.triage.training import train_triage
+
+    root = tmp_path_factory.mktemp("triage-models")
+    return {m: train_triage(m, root, preset="quick", cache_dir=root / "cache")["folder"]
+            for m in ("artifacts", "lesions")}
+
+
+def test_scored_candidates_and_artifact_report(triage_models):
+    from nmai.triage.classifier import ARTIFACTS, classify_artifacts
+    from nmai.triage.lesions import detect_lesions
+
+    vol, _ = sphere_phantom()
+    scored = detect_lesions(vol, triage_models["lesions"], threshold=0.0)
+    assert scored["model"]["name"] == "triage-lesions"
+    assert all(0.0 <= le["probability"] <= 1.0 for le in scored["lesions"])
+    none = detect_lesions(vol, triage_models["lesions"], threshold=1.01)
+    assert none["lesions"] == [] and none["candidates_considered"] == scored["candidates_considered"]
+    mu = vol.derive((vol.array > 0.5) * 0.096, units="cm-1", modality="OT")
+    report = classify_artifacts(vol, mu, triage_models["artifacts"])
+    assert report["alarm"] in ("ok", "check", "repeat") and report["with_mumap"]
+    assert sorted(a["type"] for a in report["artifacts"]) == sorted(ARTIFACTS)
+    for a in report["artifacts"]:
+        assert 0 <= a["probability"] <= 1 and 0 <= a["slice_range"][0] <= a["slice_range"][1] < vol.shape[0]
+    far = Volume(mu.array, mu.spacing, (5000.0, 0.0, 0.0), mu.direction, modality="OT", units="cm-1")
+    with pytest.raises(NMAIError, match="does not overlap"):
+        classify_artifacts(vol, far, triage_models["artifacts"])
+    with pytest.raises(NMAIError, match="not an artifact triage model"):
+        classify_artifacts(vol, mu, triage_models["lesions"])
+
+
+def test_classifier_helpers():
+    from nmai.triage.classifier import alarm_level, scan_probabilities, slice_range
+
+    p = np.array([0.1, 0.6, 0.9, 0.7, 0.2, 0.95])
+    assert slice_range(p) == [5, 5]
+    assert slice_range(np.array([0.1, 0.6, 0.9, 0.7, 0.2])) == [1, 3]
+    assert scan_probabilities(p[:, None])[0] == pytest.approx((0.95 + 0.9 + 0.7) / 3)
+    assert alarm_level([0.1, 0.3]) == "ok" and alarm_level([0.55]) == "check" and alarm_level([0.85]) == "repeat"
+
+
+def test_slice_labels_follow_the_truth_through_the_6mm_grid():
+    from nmai.triage.classifier import to_grid
+    from nmai.triage.training import slice_labels
+
+    vol = Volume(np.ones((50, 8, 8), np.float32), (4.0, 4.0, 3.0), (0.0, 0.0, -20.0), np.eye(3),
+                 modality="PT", units="Bq/ml")
+    grid = to_grid(vol)
+    y = slice_labels({"type": "metal", "slices": [10, 19]}, vol, grid)
+    z = -20.0 + 6.0 * np.flatnonzero(y[:, 5])
+    assert y[:, [0, 1, 2, 3, 4, 6]].sum() == 0
+    assert z.min() >= -20.0 + 3.0 * 10 - 3.0 and z.max() <= -20.0 + 3.0 * 19 + 3.0
+    assert slice_labels({"type": "none", "slices": []}, vol, grid).sum() == 0

@@ -1,0 +1,298 @@
+"""Raw-data triage (failed blocks, count rate, motion), the frame-folder watcher, and artifact cases."""
+
+import json
+import os
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from nmai.sim import DEFAULT_SCANNER, make_phantom, simulate_acquisition
+from nmai.sim.artifacts import ARTIFACTS, STEEL_MU, make_case, simulate_case
+from nmai.sim.phantoms import Phantom
+from nmai.sim.scanner import frame_decay_integral
+from nmai.triage import watch_folder, watch_frames
+from nmai.triage.frames import header_of, write_frame, write_frames
+from nmai.volume import Volume
+
+
+def crop(ph, k0, k1):
+    vols = {}
+    for name, v in ph.volumes.items():
+        origin = (v.origin[0], v.origin[1], v.origin[2] + k0 * v.spacing[2])
+        vols[name] = Volume(v.array[k0:k1], v.spacing, origin, v.direction, v.modality, v.units, dict(v.metadata))
+    return Phantom(ph.name, vols, ph.label_table, ph.info)
+
+
+@pytest.fixture(scope="module")
+def phantom():
+    return make_phantom("wholebody", seed=0, voxel_mm=8, supersample=1, mr=False, arms=True)
+
+
+@pytest.fixture(scope="module")
+def slab(phantom):
+    return crop(phantom, 30, 80)        # abdomen to upper thorax, 50 slices of 8 mm
+
+
+@pytest.fixture(scope="module")
+def expected(slab):
+    """Noise-free prompts of one 60 s frame of the slab (float, Poisson means)."""
+    acq = simulate_acquisition(slab.activity, slab.mumap, DEFAULT_SCANNER, duration_s=60.0, noise=False)
+    return acq
+
+
+def frames_of(means, rng, fraction=1.0):
+    """Poisson frames of 60 s, back to back, from one frame's means (decay of F-18 applied)."""
+    decay = [frame_decay_integral(60.0 * f, 60.0) / frame_decay_integral(0.0, 60.0) for f in range(len(means))]
+    return [{"prompts": rng.poisson(m * (fraction * decay[f])), "start_s": 60.0 * f, "duration_s": 60.0}
+            for f, m in enumerate(means)]
+
+
+def run(frames, slices):
+    return list(watch_frames(frames, DEFAULT_SCANNER, 8.0, slices))
+
+
+# ------------------------------------------------------------------------------------------ failed blocks
+@pytest.mark.parametrize("fraction", [1.0, 1e-3, 1e-4])   # ~5e7, 5e4, 5e3 prompts per frame
+def test_failed_blocks_found_in_every_affected_frame_and_never_in_clean_ones(expected, fraction):
+    lam = expected.prompts[0]
+    alive = DEFAULT_SCANNER.with_(failed_blocks=(10, 31)).normalisation() > 0
+    pattern = [False, True, False, True, True, False]
+    for seed in range(3):
+        rng = np.random.default_rng(seed)
+        frames = frames_of([lam * alive if dead else lam for dead in pattern], rng, fraction)
+        for dead, r in zip(pattern, run(frames, lam.shape[0])):
+            if dead:
+                assert r["failed_blocks"] == [10, 31], (seed, r)
+                assert r["alarm"] == "repeat"
+            else:
+                assert r["failed_blocks"] == [] and r["alarm"] == "ok" and r["findings"] == [], (seed, r)
+
+
+def test_failed_block_of_the_simulator_is_found(slab):
+    acq, _ = simulate_case(make_case("failed_blocks", slab, 1), seed=3, duration_s=30.0, reconstruct_image=False)
+    acq_lo, _ = simulate_case(make_case("failed_blocks", slab, 1), seed=3, duration_s=0.01, reconstruct_image=False)
+    for a in (acq, acq_lo):
+        (r,) = run([{"prompts": a.prompts[0]}], a.n_slices)
+        assert r["failed_blocks"] == [10] and r["alarm"] == "repeat"
+
+
+# ------------------------------------------------------------------------------------------ count rate
+def test_count_drop_and_rise_flagged(expected):
+    lam = expected.prompts[0]
+    rng = np.random.default_rng(1)
+    results = run(frames_of([lam, lam, lam, 0.6 * lam, lam, 1.3 * lam], rng, 0.01), lam.shape[0])
+    kinds = [[f["type"] for f in r["findings"]] for r in results]
+    assert kinds == [[], [], [], ["count_rate"], [], ["count_rate"]]
+    assert results[3]["rate_change"] == pytest.approx(-0.4, abs=0.03)
+    assert results[5]["rate_change"] == pytest.approx(0.3, abs=0.03)
+    assert results[3]["alarm"] == "check"
+
+
+def test_decay_is_not_a_count_drop(slab):
+    acq = simulate_acquisition(slab.activity, slab.mumap, DEFAULT_SCANNER, duration_s=1800.0, frames=6,
+                               noise=False)   # 5-min frames: 17 % decay over the scan
+    rng = np.random.default_rng(0)
+    frames = [{"prompts": rng.poisson(acq.prompts[f] * 0.01), "start_s": s, "duration_s": d}
+              for f, (s, d) in enumerate(acq.frames)]
+    assert all(r["alarm"] == "ok" for r in run(frames, acq.n_slices))
+
+
+# ------------------------------------------------------------------------------------------ motion
+@pytest.fixture(scope="module")
+def moving(slab):
+    motion = [{"translation_mm": t} for t in [(0, 0, 0), (0, 0, 0), (5, 0, 0), (0, -5, 0), (0, 0, 6), (0, 0, 0)]]
+    return simulate_acquisition(slab.activity, slab.mumap, DEFAULT_SCANNER, duration_s=360.0, frames=6,
+                                motion=motion, noise=False)
+
+
+@pytest.mark.parametrize("fraction", [1.0, 0.1])
+def test_motion_of_5mm_flagged_and_0mm_not(moving, fraction):
+    for seed in range(2):
+        rng = np.random.default_rng(seed)
+        means = list(moving.prompts)
+        means[4] = means[4] * 0.5                       # half the counts: the shift must not change
+        results = run(frames_of(means, rng, fraction), moving.n_slices)
+        flagged = [any(f["type"] == "motion" for f in r["findings"]) for r in results]
+        # frame 5 is back at the start: 0 mm from the first frame, but 6 mm since frame 4 -> still 'check'
+        assert flagged == [False, False, True, True, True, True], [r["shift_mm"] for r in results]
+        assert np.linalg.norm(results[5]["shift_mm"]) < 1.0
+        for r, true in zip(results[2:5], [(5, 0, 0), (0, -5, 0), (0, 0, 6)]):
+            assert np.allclose(r["shift_mm"], true, atol=1.0), (r["shift_mm"], true)
+        assert np.linalg.norm(results[1]["shift_mm"]) < 1.0
+
+
+def test_motion_not_estimated_from_too_few_counts(moving):
+    rng = np.random.default_rng(0)
+    results = run(frames_of(list(moving.prompts), rng, 1e-4), moving.n_slices)
+    assert all(r["shift_mm"] is None and "too few counts" in r["motion_note"] for r in results)
+
+
+# ------------------------------------------------------------------------------------------ watcher
+def _header(folder, acq):
+    (folder / "scan.json").write_text(json.dumps(header_of(acq)))
+
+
+def test_watcher_waits_for_half_written_file_and_refuses_wrong_geometry(tmp_path, expected):
+    lam = expected.prompts[0]
+    rng = np.random.default_rng(0)
+    _header(tmp_path, expected)
+    write_frame(tmp_path / "frame_0000.npz", rng.poisson(lam * 0.01), frame=0, start_s=0, duration_s=60)
+    (tmp_path / ".frame_0003.npz.part").write_bytes(b"not yet")           # a writer's temporary: ignored
+    good = tmp_path / "good.bin"
+    write_frame(good, rng.poisson(lam * 0.01), frame=1, start_s=60, duration_s=60)
+    data = good.read_bytes()
+    (tmp_path / "frame_0001.npz").write_bytes(data[: len(data) // 2])      # written in place, half done
+    write_frame(tmp_path / "frame_0002.npz", rng.poisson(lam[:-1] * 0.01), frame=2, start_s=120, duration_s=60)
+
+    def finish():
+        time.sleep(1.0)
+        (tmp_path / "frame_0001.npz").write_bytes(data)
+
+    thread = threading.Thread(target=finish)
+    thread.start()
+    results = {r["file"]: r for r in watch_folder(tmp_path, timeout_s=20, expected_frames=3, poll_s=0.05,
+                                                  unreadable_after_s=15)}
+    thread.join()
+    assert set(results) == {"frame_0000.npz", "frame_0001.npz", "frame_0002.npz"}
+    assert results["frame_0000.npz"]["alarm"] == "ok" and results["frame_0001.npz"]["alarm"] == "ok"
+    bad = results["frame_0002.npz"]
+    assert bad["refused"] and bad["alarm"] == "check"
+    assert "(49, 224, 344)" in bad["findings"][0]["message"] and "header" in bad["findings"][0]["message"]
+    assert all(r["latency_s"] >= 0 for r in results.values())
+
+
+def test_watcher_reports_a_corrupt_file_and_goes_on(tmp_path, expected):
+    lam = expected.prompts[0]
+    rng = np.random.default_rng(0)
+    _header(tmp_path, expected)
+    (tmp_path / "frame_0000.npz").write_bytes(b"PK\x03\x04 truncated")
+    write_frame(tmp_path / "frame_0001.npz", rng.poisson(lam * 0.01), frame=1, start_s=0, duration_s=60)
+    results = list(watch_folder(tmp_path, timeout_s=3, expected_frames=2, poll_s=0.05, unreadable_after_s=0.5))
+    assert [r["file"] for r in results] == ["frame_0001.npz", "frame_0000.npz"]
+    assert results[0]["alarm"] == "ok"
+    assert results[1]["refused"] and "truncated or corrupt" in results[1]["findings"][0]["message"]
+
+
+def test_watcher_without_header_fails_clearly(tmp_path):
+    from nmai.errors import NMAIError
+
+    with pytest.raises(NMAIError, match="scan.json"):
+        list(watch_folder(tmp_path, timeout_s=0.3, poll_s=0.05))
+    with pytest.raises(NMAIError, match="no such folder"):
+        list(watch_folder(tmp_path / "missing", timeout_s=0.3))
+
+
+def test_cli_frames_then_watch(tmp_path, slab, capsys):
+    from nmai.cli import main
+
+    acq = simulate_acquisition(slab.activity, slab.mumap, DEFAULT_SCANNER, duration_s=30.0, frames=3,
+                               count_fraction=0.05, seed=2)
+    acq.save(tmp_path / "sim")
+    assert main(["triage", "frames", str(tmp_path / "sim"), "--out", str(tmp_path / "w")]) == 0
+    capsys.readouterr()
+    assert main(["triage", "watch", str(tmp_path / "w"), "--timeout", "5"]) == 0
+    out = capsys.readouterr()
+    lines = [json.loads(x) for x in out.out.splitlines()]
+    assert "3 frame(s): 3 ok" in out.err
+    assert [x["frame"] for x in lines] == [0, 1, 2]
+    assert all(x["type"] == "frame" and x["alarm"] == "ok" for x in lines)
+    header = json.loads((tmp_path / "w" / "scan.json").read_text())
+    assert header["scanner"]["failed_blocks"] == [] and header["frames_expected"] == 3
+    assert not [p for p in os.listdir(tmp_path / "w") if p.startswith(".")]
+
+
+def test_write_frames_refuses_a_folder_with_frames(tmp_path, expected):
+    from nmai.errors import NMAIError
+
+    write_frames(expected, tmp_path)
+    with pytest.raises(NMAIError, match="already holds frame files"):
+        write_frames(expected, tmp_path)
+
+
+# ------------------------------------------------------------------------------------------ artifacts
+def test_artifact_cases_state_their_truth(phantom):
+    ph = phantom
+    mu, act = ph.mumap.array, ph.activity.array
+    nz = mu.shape[0]
+    cases = {k: make_case(k, ph) for k in ARTIFACTS}
+    for kind, case in cases.items():
+        t = case.truth
+        assert t["type"] == kind and t["severity"] > 0 and len(t["slices"]) == 2
+        assert 0 <= t["slices"][0] <= t["slices"][1] < nz
+
+    c = cases["motion"]
+    assert c.frames == 4 and [m["translation_mm"] for m in c.motion] == [(0.0,) * 3] * 2 + [[10.0, 0.0, 0.0]] * 2
+    assert c.mumap_recon is ph.mumap
+
+    c = make_case("misregistration", ph, 12.0)
+    assert c.truth["severity"] == 12.0 and c.truth["parameters"]["translation_mm"] == [0.0, 12.0, 0.0]
+    assert c.mumap_sim is ph.mumap and not np.array_equal(c.mumap_recon.array, mu)
+
+    c = make_case("truncation", ph, 400.0)
+    x, y = np.meshgrid(*(ph.mumap.origin[i] + 8.0 * np.arange(mu.shape[2 - i]) for i in (0, 1)))
+    outside = x ** 2 + y ** 2 > 200.0 ** 2
+    assert (c.mumap_recon.array[:, outside] == 0).all() and (mu[:, outside] > 0.05).any()
+    k = np.flatnonzero((mu[:, outside] > 0.01).any(axis=1))
+    assert c.truth["slices"] == [k[0], k[-1]] and c.truth["severity"] > cases["truncation"].truth["severity"]
+
+    c = cases["metal"]
+    implant = c.mumap_sim.array == np.float32(STEEL_MU)
+    assert implant.sum() == c.truth["parameters"]["implant_voxels"] > 0
+    assert (c.activity.array[implant] == 0).all() and (c.mumap_recon.array[implant] == 0).all()
+    k = np.flatnonzero(implant.any(axis=(1, 2)))
+    assert c.truth["slices"][0] <= k[0] and k[-1] <= c.truth["slices"][1]
+
+    c = cases["respiratory"]
+    lung = (ph.labels.array == ph.label_table["lung"]).any(axis=(1, 2))
+    liver = (ph.labels.array == ph.label_table["liver"]).any(axis=(1, 2))
+    k0, k1 = c.truth["slices"]
+    assert k0 < np.flatnonzero(liver)[-1] and k1 <= np.flatnonzero(lung)[-1]
+    assert c.mumap_recon is ph.mumap and not np.array_equal(c.mumap_sim.array, mu)
+    assert c.activity.array.sum() == pytest.approx(act.sum(), rel=0.01)
+
+    assert cases["failed_blocks"].scanner.failed_blocks == (10,)
+    assert make_case("failed_blocks", ph, 3).scanner.failed_blocks == (10, 11, 12)
+    assert make_case("low_counts", ph, 0.25).count_fraction == 0.25
+
+
+def test_motion_case_simulates_and_is_found(slab):
+    acq, recon = simulate_case(make_case("motion", slab, 8.0, frames=2), duration_s=20.0, iterations=1,
+                               subsets=14)
+    assert acq.prompts.shape[0] == 2 and recon.metadata["artifact"]["type"] == "motion"
+    (r0, r1) = run([{"prompts": p} for p in acq.prompts], acq.n_slices)
+    assert r1["findings"][0]["type"] == "motion" and r1["shift_mm"][0] == pytest.approx(8.0, abs=1.0)
+
+
+# ------------------------------------------------------------------------------------------ image report
+def test_image_report_finds_metal_void_and_raw_failed_block(tmp_path, slab, capsys):
+    from nmai.cli import main
+    from nmai.io import write_volume
+
+    centre = (60.0, 0.0, slab.mumap.origin[2] + 8.0 * 12)        # upper abdomen, clear of airways
+    case = make_case("metal", slab, 20.0, centre_mm=centre)
+    case.scanner = DEFAULT_SCANNER.with_(failed_blocks=(20,))
+    acq, recon = simulate_case(case, seed=1, duration_s=60.0, iterations=1, subsets=14)
+    acq.save(tmp_path / "sim")
+    write_volume(recon, tmp_path / "pet.nii.gz")
+    write_volume(case.mumap_recon, tmp_path / "mu.nii.gz")
+    report = tmp_path / "report.json"
+    assert main(["triage", "image", str(tmp_path / "pet.nii.gz"), "--mumap", str(tmp_path / "mu.nii.gz"),
+                 "--acquisition", str(tmp_path / "sim"), "--out", str(report)]) == 0
+    rep = json.loads(report.read_text())
+    kinds = {a["type"]: a for a in rep["artifacts"]}
+    assert set(kinds) == {"mumap_void", "failed_blocks"} and rep["alarm"] == "repeat"
+    k0, k1 = kinds["mumap_void"]["slices"]
+    t0, t1 = case.truth["slices"]
+    assert t0 <= k0 <= k1 <= t1 and kinds["mumap_void"]["probability"] >= 0.5
+    assert kinds["failed_blocks"]["blocks"] == [20] and rep["lesions"] == []
+
+
+def test_image_report_is_quiet_on_a_clean_scan(slab):
+    from nmai.triage.image import triage_image
+
+    case = make_case("none", slab)
+    acq, recon = simulate_case(case, seed=2, duration_s=60.0, iterations=1, subsets=14)
+    rep = triage_image(recon, mumap=case.mumap_recon, acquisition=acq)
+    assert rep["alarm"] == "ok" and rep["artifacts"] == [], rep["artifacts"]
