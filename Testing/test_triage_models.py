@@ -125,3 +125,39 @@ def test_slice_labels_follow_the_truth_through_the_6mm_grid():
     assert y[:, [0, 1, 2, 3, 4, 6]].sum() == 0
     assert z.min() >= -20.0 + 3.0 * 10 - 3.0 and z.max() <= -20.0 + 3.0 * 19 + 3.0
     assert slice_labels({"type": "none", "slices": []}, vol, grid).sum() == 0
+
+
+def test_triage_report_cli_with_ct_and_lesion_segmentation(triage_models, tmp_path):
+    import json
+
+    from nmai.cli import main
+    from nmai.io import read_volume, write_volume
+
+    vol, centres = sphere_phantom()
+    ct = vol.derive(np.where(vol.array > 0.5, 40.0, -1000.0).astype(np.float32), modality="CT", units="HU")
+    write_volume(vol, tmp_path / "pet.nii.gz")
+    write_volume(ct, tmp_path / "ct.nii.gz")
+    report, seg = tmp_path / "report.json", tmp_path / "lesions.nii.gz"
+    # the form `nmai triage PET ...` is `nmai triage image PET ...`
+    assert main(["triage", str(tmp_path / "pet.nii.gz"), "--ct", str(tmp_path / "ct.nii.gz"), "--out", str(report),
+                 "--lesions", str(seg), "--model", triage_models["artifacts"],
+                 "--lesion-model", triage_models["lesions"], "--threshold", "0"]) == 0
+    rep = json.loads(report.read_text())
+    assert rep["alarm"] in ("ok", "check", "repeat") and rep["checked"]["image_classifier"]
+    assert rep["classifier"]["with_mumap"] and len(rep["classifier"]["probabilities"]) == 7
+    for a in rep["artifacts"]:
+        assert {"type", "probability", "slice_range", "alarm", "message"} <= set(a)
+    assert rep["lesions"] and rep["lesions_units"] == "SUVbw"
+    for le in rep["lesions"]:
+        assert {"position_lps", "suv_max", "suv_peak", "volume_ml", "tlg", "probability"} <= set(le)
+    labels = read_volume(seg)
+    assert labels.units == "label" and labels.same_grid(vol)
+    assert labels.array.max() == len(rep["lesions"])
+    k, j, i = rep["lesions"][0]["index_kji"]
+    assert labels.array[k, j, i] == 1
+    # both a μ-map and a CT: refused, nothing written
+    out2 = tmp_path / "r2.json"
+    with pytest.raises(SystemExit) as exc:
+        main(["triage", str(tmp_path / "pet.nii.gz"), "--ct", str(tmp_path / "ct.nii.gz"), "--mumap",
+              str(tmp_path / "ct.nii.gz"), "--out", str(out2)])
+    assert exc.value.code == 2 and not out2.exists()

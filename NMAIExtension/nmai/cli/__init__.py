@@ -47,9 +47,19 @@ def _print_human(result) -> None:
         print(json.dumps(result, indent=2))
 
 
+def _triage_shorthand(argv: list) -> list:
+    """``nmai triage PET ...`` means ``nmai triage image PET ...`` (the issue's form)."""
+    i = 0
+    while i < len(argv) and argv[i].startswith("-"):
+        i += 2 if argv[i] == "--threads" else 1
+    if i + 1 < len(argv) and argv[i] == "triage" and argv[i + 1] not in ("watch", "frames", "image", "-h", "--help"):
+        return argv[:i + 1] + ["image"] + argv[i + 1:]
+    return argv
+
+
 def main(argv=None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_triage_shorthand(list(sys.argv[1:] if argv is None else argv)))
     if not args.command:
         parser.print_help()
         return 1

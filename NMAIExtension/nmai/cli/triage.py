@@ -1,5 +1,5 @@
 """``nmai triage``: raw-data alarms while a scan runs (``watch``), frame files from a simulation
-(``frames``), and a first rule-based image report (``image``)."""
+(``frames``), and the image report (``image``; ``nmai triage PET ...`` is the same)."""
 
 from __future__ import annotations
 
@@ -36,15 +36,28 @@ def add_parser(sub):
     f.add_argument("--delay", type=float, default=0.0, metavar="S", help="seconds between frames (default 0)")
     f.add_argument("--uncompressed", action="store_true", help="np.savez instead of np.savez_compressed")
     f.set_defaults(func=run_frames)
-    i = tsub.add_parser("image", help="rule-based artifact report of a PET image (first version)",
-                        description="Rule-based triage report of a reconstructed PET: μ-map checks "
-                                    "(truncation, voids) when --mumap is given, raw-data findings per frame "
-                                    "when --acquisition is given. Misregistration and lesion candidates are "
-                                    "not produced yet (lesions stays an empty list).")
-    i.add_argument("pet", metavar="PET")
-    i.add_argument("--mumap", metavar="MU", help="the μ-map the PET was attenuation-corrected with (cm-1)")
+    i = tsub.add_parser("image", help="triage report of a PET image: artifacts, alarm, lesion candidates",
+                        description="Triage report of a reconstructed PET (also: nmai triage PET ...): the artifact "
+                                    "classifier (PET, with the μ-map or CT when given), μ-map rules (truncation, "
+                                    "voids), raw-data findings per frame when --acquisition is given, and lesion "
+                                    "candidates scored by the lesion CNN. Alarm: ok, check (look, fix the "
+                                    "μ-map and reconstruct) or repeat (repeat/extend the scan).")
+    i.add_argument("pet", metavar="PET", help="PET volume (NIfTI/NRRD with sidecar, or a DICOM series folder)")
+    mu = i.add_mutually_exclusive_group()
+    mu.add_argument("--mumap", metavar="MU", help="the μ-map the PET was attenuation-corrected with (cm-1)")
+    mu.add_argument("--ct", metavar="CT", help="the CT the PET was attenuation-corrected with (HU)")
     i.add_argument("--acquisition", metavar="SIMDIR", help="a simulation folder: add raw-data findings per frame")
-    i.add_argument("--out", required=True, metavar="REPORT.json")
+    i.add_argument("--out", required=True, metavar="REPORT.json", help="the report (JSON, schema in the README)")
+    i.add_argument("--lesions", metavar="SEG", help="also write the lesion candidates as a label volume "
+                                                    "(candidate n = label n, on the PET grid)")
+    i.add_argument("--model", metavar="PATH|NAME", default="auto",
+                   help="artifact classifier (default: the shipped triage-artifacts when installed)")
+    i.add_argument("--lesion-model", metavar="PATH|NAME", default="auto",
+                   help="lesion-candidate scorer (default: the shipped triage-lesions when installed)")
+    i.add_argument("--threshold", type=float, default=0.5, metavar="P",
+                   help="report lesion candidates with probability >= P (default 0.5)")
+    i.add_argument("--rules-only", action="store_true", help="no networks: μ-map and raw-data rules only")
+    i.add_argument("--units", default=None, metavar="U", help="PET units when the file does not record them")
     i.set_defaults(func=run_image)
 
 
@@ -79,11 +92,36 @@ def run_frames(args, progress):
 
 
 def run_image(args, progress):
-    from ..io import write_json
+    from ..errors import NMAIError
+    from ..io import read_volume, refuse_overwriting, write_json, write_volume
     from ..triage.image import triage_image
+    from ..triage.lesions import label_map
 
-    report = triage_image(args.pet, mumap=args.mumap, acquisition=args.acquisition, progress=progress)
+    inputs = [x for x in (args.pet, args.mumap, args.ct) if x]
+    refuse_overwriting(args.out, *inputs)
+    if args.lesions:
+        refuse_overwriting(args.lesions, *inputs)
+        if args.rules_only:
+            raise NMAIError("--lesions needs the lesion model; drop --rules-only")
+    pet = read_volume(args.pet, units=args.units)
+    if pet.modality == "OT":
+        pet.modality = "PT"
+    report = triage_image(pet, mumap=args.mumap, ct=args.ct, acquisition=args.acquisition,
+                          classifier=None if args.rules_only else args.model,
+                          lesion_model=None if args.rules_only else args.lesion_model,
+                          lesion_threshold=args.threshold, progress=progress)
+    report["input"] = str(args.pet)
+    outputs = {"report": str(args.out)}
+    if args.lesions:
+        if not report["checked"]["lesions"]:
+            raise NMAIError("no lesion model is installed; give --lesion-model PATH or drop --lesions")
+        image = pet.to_units("SUVbw").array if report["lesions_units"] == "SUVbw" else pet.array
+        seg = pet.derive(label_map(image, pet.spacing, report["lesions"]), modality="SEG", units="label",
+                         labels={f"candidate_{n:02d}": n for n in range(1, len(report["lesions"]) + 1)})
+        write_volume(seg, args.lesions)
+        outputs["lesions"] = str(args.lesions)
     write_json(args.out, report)
-    names = ", ".join(a["type"] for a in report["artifacts"]) or "none"
-    return {"message": f"alarm {report['alarm']}: artifacts {names} -> {args.out}", "out": args.out,
-            "alarm": report["alarm"], "artifacts": report["artifacts"]}
+    names = ", ".join(f"{a['type']} {a['probability']:.2f}" for a in report["artifacts"]) or "none"
+    return {"message": f"alarm {report['alarm']}: artifacts {names}; {len(report['lesions'])} lesion "
+                       f"candidate(s) -> {args.out}", "outputs": outputs, "alarm": report["alarm"],
+            "artifacts": report["artifacts"], "lesions": report["lesions"]}

@@ -68,21 +68,34 @@ def find_candidates(image: np.ndarray, spacing, *, min_ratio: float = MIN_RATIO,
     return out[:max_candidates]
 
 
-def describe(image: np.ndarray, spacing, cand: dict) -> dict:
-    """SUVmax, SUVpeak, SUVmean/volume/TLG of the 50 %-of-max region connected to the maximum."""
+def region_of(image: np.ndarray, spacing, index) -> tuple[tuple, np.ndarray]:
+    """(box, mask in the box): voxels ≥ 50 % of ``image[index]`` connected to it, within 30 mm."""
     from scipy import ndimage
 
+    vmax = float(image[tuple(index)])
+    pad = [int(np.ceil(30.0 / s)) for s in (spacing[2], spacing[1], spacing[0])]
+    box = tuple(slice(max(0, c - p), min(n, c + p + 1)) for c, p, n in zip(index, pad, image.shape))
+    above, _ = ndimage.label(image[box] >= 0.5 * vmax)
+    centre = tuple(c - b.start for c, b in zip(index, box))
+    return box, above == above[centre]
+
+
+def label_map(image: np.ndarray, spacing, lesions: list[dict]) -> np.ndarray:
+    """uint16 [k, j, i]: candidate n (1-based, report order) on its 50 %-of-max region."""
+    out = np.zeros(image.shape, np.uint16)
+    for n, le in reversed(list(enumerate(lesions, start=1))):  # the most probable wins an overlap
+        box, mask = region_of(image, spacing, le["index_kji"])
+        out[box][mask] = n
+    return out
+
+
+def describe(image: np.ndarray, spacing, cand: dict) -> dict:
+    """SUVmax, SUVpeak, SUVmean/volume/TLG of the 50 %-of-max region connected to the maximum."""
     from ..denoise.metrics import region_stats
 
-    k, j, i = cand["max_index"]
-    vmax = float(image[k, j, i])
-    pad = [int(np.ceil(30.0 / s)) for s in (spacing[2], spacing[1], spacing[0])]
-    box = tuple(slice(max(0, c - p), min(n, c + p + 1)) for c, p, n in zip((k, j, i), pad, image.shape))
-    sub = image[box]
-    above, _ = ndimage.label(sub >= 0.5 * vmax)
-    centre = tuple(c - b.start for c, b in zip((k, j, i), box))
-    region = above == above[centre]
-    stats = region_stats(sub, region, spacing)
+    vmax = float(image[cand["max_index"]])
+    box, region = region_of(image, spacing, cand["max_index"])
+    stats = region_stats(image[box], region, spacing)
     return {"suv_max": vmax, "suv_peak": stats["peak"], "suv_mean": stats["mean"],
             "volume_ml": stats["volume_ml"], "tlg": stats["mean"] * stats["volume_ml"]}
 
