@@ -100,6 +100,8 @@ def test_gaussian_and_learned_methods_keep_geometry_units_and_scale(models, smal
         out, info = denoise_volume(oblique, method, model=models[method])
         assert out.same_grid(oblique) and np.allclose(out.direction, oblique.direction)
         assert out.units == "Bq/ml" and out.modality == "PT" and info["note"] is None
+        # cnn/gan outputs are refitted to the input locally (keeps lesion SUVs); sr must not be
+        assert (info["local_fit_voxels"] is None) == (method == "sr")
         assert np.all(out.array >= 0) and np.isfinite(out.array).all()
         assert out.metadata["denoising"]["model_sha256"] == json.load(
             open(f"{models[method]}/metadata.json"))["sha256"]
@@ -141,6 +143,8 @@ def test_bad_inputs_are_refused(models, small_sim, tmp_path):
         denoise_volume(pet.derive(pet.array - pet.array.max()), "cnn", model=models["cnn"])
     with pytest.raises(NMAIError, match="gaussian method only"):
         denoise_volume(pet, "cnn", fwhm_mm=4.0, model=models["cnn"])
+    with pytest.raises(NMAIError, match="undo super-resolution"):
+        denoise_volume(pet, "sr", local_fit=True, model=models["sr"])
     with pytest.raises(NMAIError, match="unknown denoising method"):
         denoise_volume(pet, "median")
     broken = tmp_path / "broken"
@@ -150,6 +154,26 @@ def test_bad_inputs_are_refused(models, small_sim, tmp_path):
     (broken / "model.safetensors").write_bytes(bytes(data))
     with pytest.raises(NMAIError, match="sha256|corrupt"):
         denoise_volume(pet, "cnn", model=str(broken))
+
+
+def test_local_fit_restores_what_a_smoothing_network_takes_from_a_lesion(models, small_sim):
+    from nmai.denoise.apply import denoise_volume
+    from nmai.denoise.prior import local_linear_fit
+
+    _, sim = small_sim
+    pet = sim.recon
+    raw, _ = denoise_volume(pet, "cnn", model=models["cnn"], local_fit=False)
+    fitted, _ = denoise_volume(pet, "cnn", model=models["cnn"])
+    np.testing.assert_allclose(fitted.array, np.maximum(local_linear_fit(raw.array, pet.array), 0), rtol=1e-5,
+                               atol=1e-6 * float(pet.array.max()))
+    # a guide that is a blurred copy of a hot cube: the fit gives back the cube's level
+    img = np.ones((12, 24, 24), np.float32)
+    img[5:8, 10:13, 10:13] = 5.0
+    from scipy.ndimage import gaussian_filter
+
+    smooth = gaussian_filter(img, 1.5)
+    fit = local_linear_fit(smooth, img, eps_rel=1e-6)
+    assert abs(fit[5:8, 10:13, 10:13].mean() - 5.0) < abs(smooth[5:8, 10:13, 10:13].mean() - 5.0) / 2
 
 
 def test_local_linear_fit_and_map_update_are_exact_where_they_should_be():

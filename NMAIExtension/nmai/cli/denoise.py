@@ -21,6 +21,9 @@ def add_parser(sub):
                    help="gaussian: filter FWHM in mm (default 6)")
     p.add_argument("--model", metavar="PATH|NAME", default=None,
                    help="cnn/gan/sr: model folder or registry name (default denoise-<method>)")
+    p.add_argument("--no-local-fit", dest="local_fit", action="store_false", default=None,
+                   help="cnn/gan: the raw network output, without the local linear fit to the input that keeps "
+                        "lesion SUVs (not recommended for quantitation)")
     p.add_argument("--units", choices=PET_UNITS, default=None,
                    help="units of the input when its file does not record them")
     p.add_argument("--out", required=True, help="output file (.nii.gz, .nrrd)")
@@ -38,13 +41,16 @@ def run(args, progress):
     volume = read_volume(args.input, units=args.units)
     if volume.modality == "OT" and volume.units in PET_UNITS:
         volume.modality = "PT"
-    out, info = denoise_volume(volume, args.method, fwhm_mm=args.fwhm, model=args.model,
+    if args.local_fit is False and args.method not in ("cnn", "gan"):
+        raise NMAIError("--no-local-fit applies to cnn and gan")
+    out, info = denoise_volume(volume, args.method, fwhm_mm=args.fwhm, model=args.model, local_fit=args.local_fit,
                                progress=progress.sub(0.1, 0.9))
     progress(0.9, f"writing {args.out}")
     write_volume(out, args.out)
     progress(1.0, "done")
     message = f"wrote {args.out}" + (f" (note: {info['note']})" if info.get("note") else "")
-    parameters = {"fwhm_mm": info["fwhm_mm"]} if args.method == "gaussian" else {"model": info["model"]}
+    parameters = ({"fwhm_mm": info["fwhm_mm"]} if args.method == "gaussian" else
+                  {"model": info["model"], "local_fit_voxels": info["local_fit_voxels"]})
     return {"message": message, "outputs": {"denoised": str(args.out)}, "method": args.method,
             "parameters": parameters, "units": out.units, "note": info.get("note"),
             "model_sha256": info.get("model_sha256")}

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 def add_parser(sub):
     p = sub.add_parser(
-        "evaluate", help="measure methods on simulated phantoms never used in training (attenuation, denoise)",
+        "evaluate", help="measure methods on simulated phantoms never used in training (attenuation, denoise, "
+                         "triage)",
         description="attenuation: on whole-body phantoms from seeds the training never used, simulate one "
                     "acquisition with the true μ-map, reconstruct it with the true, Dixon 4-class and U-Net "
                     "μ-maps, and report the PET error each μ-map causes per region (bone, soft tissue, lung, "
@@ -16,8 +17,12 @@ def add_parser(sub):
                     "liver noise): PSNR/SSIM/NRMSE in the body, lesion SUVmean/max/peak bias and liver CoV vs "
                     "the full-count OSEM; NEMA IEC contrast recovery vs background variability (with the "
                     "Gaussian curve); super-resolution (sr) of a large-crystal scanner on a point source and the "
-                    "NEMA phantom; pass/fail against the targets; optionally a CRC-BV figure.")
-    p.add_argument("task", choices=["attenuation", "denoise"], help="what to evaluate")
+                    "NEMA phantom; pass/fail against the targets; optionally a CRC-BV figure. "
+                    "triage: on unseen phantoms, each artifact at moderate severity vs clean scans (ROC AUC of "
+                    "the artifact classifier + μ-map rules, alarms on clean scans) and lesion candidates "
+                    "(FROC, sensitivity at <= 1 false positive per scan for lesions >= 10 mm at >= 3:1); "
+                    "optionally a FROC/AUC figure.")
+    p.add_argument("task", choices=["attenuation", "denoise", "triage"], help="what to evaluate")
     p.add_argument("--cases", type=int, default=10, metavar="N", help="number of phantoms (default 10)")
     p.add_argument("--seed-start", type=int, default=100, metavar="S",
                    help="first phantom seed (default 100; must stay below 10000, where the training seeds start)")
@@ -28,6 +33,9 @@ def add_parser(sub):
     p.add_argument("--model", metavar="PATH|NAME",
                    help="attenuation: Dixon U-Net model (default attenuation-dixon-unet); denoise: the cnn model, "
                         "also the prior of 'prior' (default denoise-cnn)")
+    p.add_argument("--lesion-model", dest="lesion_model", metavar="PATH|NAME",
+                   help="triage: lesion scorer (default triage-lesions); --model is the artifact classifier "
+                        "(default triage-artifacts)")
     p.add_argument("--gan-model", dest="gan_model", metavar="PATH|NAME",
                    help="denoise: gan model (default denoise-gan)")
     p.add_argument("--sr-model", dest="sr_model", metavar="PATH|NAME", help="denoise: sr model (default denoise-sr)")
@@ -62,6 +70,10 @@ def run(args, progress):
         raise NMAIError("--figure must end in .png")
     if args.task == "denoise":
         return run_denoise(args, progress)
+    if args.task == "triage":
+        return run_triage(args, progress)
+    if args.lesion_model:
+        raise NMAIError("--lesion-model applies to 'nmai evaluate triage' only")
     for option in ("gan_model", "sr_model", "fractions", "realisations"):
         if getattr(args, option) is not None:
             raise NMAIError(f"--{option.replace('_', '-')} applies to 'nmai evaluate denoise' only")
@@ -157,4 +169,24 @@ def run_denoise(args, progress):
         head += " (QUICK MODE: not the evaluation's numbers)"
     message = (head + "\n" + "\n".join(lines)
                + f"\ntargets passed: {', '.join(passed) or 'none'}; failed: {', '.join(failed) or 'none'}")
+    return {**result, "message": message, "outputs": outputs}
+
+
+def run_triage(args, progress):
+    from ..evaluate.triage import evaluate_triage
+    from ..io import write_json
+
+    seed_start = 200 if args.seed_start == 100 else args.seed_start  # 100+ are the other evaluations' phantoms
+    result = evaluate_triage(cases=args.cases, seed_start=seed_start, model=args.model,
+                             lesion_model=args.lesion_model, quick=args.quick, figure=args.figure, progress=progress)
+    outputs = {}
+    if args.json:
+        write_json(args.json, result)
+        outputs["json"] = str(args.json)
+    if args.figure:
+        outputs["figure"] = str(args.figure)
+    aucs = ", ".join(f"{a} {v['auc_vs_clean']:.2f}" for a, v in result["artifacts"].items()
+                     if v["auc_vs_clean"] is not None)
+    message = (f"artifact AUC vs clean: {aucs}; lesions: sensitivity {result['lesions']['sensitivity_at_1fp_per_scan']:.2f}"
+               f" at <= 1 FP/scan ({result['lesions']['eligible_lesions']} lesions, {result['lesions']['scans']} scans)")
     return {**result, "message": message, "outputs": outputs}

@@ -85,7 +85,8 @@ def reconstruct_with_prior(acq, mumap, model="denoise-cnn", *, outer: int = DEFA
         span = progress.sub(0.1 + 0.9 * it / outer, 0.1 + 0.9 * (it + 1) / outer)
         image = columns_to_volume(x, acq.grid)
         span(0.0, f"iteration {it + 1}/{outer}: CNN prior")
-        c, _ = denoise_volume(vol.derive(np.maximum(image, 0)), "cnn", model=loaded, progress=span.sub(0.0, 0.5),
+        c, _ = denoise_volume(vol.derive(np.maximum(image, 0)), "cnn", model=loaded, local_fit=False,
+                              progress=span.sub(0.0, 0.5),
                               **predict_kw)
         u = local_linear_fit(c.array, image) if llf else c.array
         u = volume_to_columns(np.maximum(u, 0))

@@ -58,7 +58,7 @@ class Preset:
 
 
 PRESETS = {
-    "shipped": Preset(cases={"cnn": 20, "gan": 20, "sr": 12}, steps={"cnn": 8000, "gan": 3000, "sr": 5000},
+    "shipped": Preset(cases={"cnn": 20, "gan": 20, "sr": 12}, steps={"cnn": 8000, "gan": 1200, "sr": 4000},
                       batch=16, channels=(24, 48, 96, 192), val_cases=3),
     "quick": Preset(cases={"cnn": 1, "gan": 1, "sr": 1}, steps={"cnn": 4, "gan": 4, "sr": 4}, batch=2,
                     channels=(4, 8, 16, 32), val_cases=1, per_case=1, voxel_mm=(6.0, 7.0)),  # tests and CI: proves the code runs, trains nothing
