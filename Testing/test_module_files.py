@@ -175,10 +175,10 @@ def test_ui_file_is_valid_and_matches_the_code(module):
     assert {"progressBar", "cancelButton"} <= set(widgets)
 
 
-def test_triage_offers_only_the_input_check():
+def test_triage_panel_buttons():
     _, widgets, _ = ui_widgets("NMAITriage")
     buttons = sorted(name for name, cls in widgets.items() if cls in ("QPushButton", "QToolButton"))
-    assert buttons == ["cancelButton", "checkInputButton"]
+    assert buttons == ["applyButton", "cancelButton", "checkInputButton", "monitorStartButton", "monitorStopButton"]
 
 
 @pytest.mark.parametrize("module", MODULES)

@@ -161,3 +161,25 @@ def test_triage_report_cli_with_ct_and_lesion_segmentation(triage_models, tmp_pa
         main(["triage", str(tmp_path / "pet.nii.gz"), "--ct", str(tmp_path / "ct.nii.gz"), "--mumap",
               str(tmp_path / "ct.nii.gz"), "--out", str(out2)])
     assert exc.value.code == 2 and not out2.exists()
+
+
+def test_evaluate_triage_quick_cli(triage_models, tmp_path):
+    import json
+
+    from nmai.cli import main
+    from nmai.evaluate.triage import froc, roc_auc
+
+    assert roc_auc([0.9, 0.8], [0.1, 0.2]) == 1.0 and roc_auc([0.5], [0.5]) == 0.5 and roc_auc([], [1]) is None
+    pts = froc([np.array([0.9, 0.6, 0.2])], [np.array([0, -1, -2])], n_lesions=2, n_scans=1)
+    at = {p["threshold"]: (p["sensitivity"], p["fp_per_scan"]) for p in pts}
+    assert at[0.9] == (0.5, 0.0) and at[0.6] == (0.5, 1.0) and at[0.2] == (0.5, 1.0)  # the ignored hit is no FP
+    out, png = tmp_path / "ev.json", tmp_path / "ev.png"
+    assert main(["--threads", "1", "evaluate", "triage", "--quick", "--cases", "1", "--model",
+                 triage_models["artifacts"], "--lesion-model", triage_models["lesions"], "--json", str(out),
+                 "--figure", str(png)]) == 0
+    r = json.loads(out.read_text())
+    assert r["quick"] and r["note"] and png.stat().st_size > 1000
+    assert set(r["artifacts"]) == {"motion", "respiratory", "misregistration", "truncation", "failed_blocks",
+                                   "metal", "low_counts"}
+    assert r["lesions"]["scans"] == 1 and 0.0 <= r["lesions"]["sensitivity_at_1fp_per_scan"] <= 1.0
+    assert "lesions:sensitivity_at_1fp" in r["targets"]
