@@ -41,7 +41,7 @@ class Preset:
 
 
 PRESETS = {
-    "shipped": Preset(cases={"artifacts": 96, "lesions": 30}, steps={"artifacts": 3000, "lesions": 2000}, batch=32,
+    "shipped": Preset(cases={"artifacts": 72, "lesions": 30}, steps={"artifacts": 2500, "lesions": 2000}, batch=32,
                       features=(16, 32, 64, 128), voxel_mm={"artifacts": (4.5, 6.5), "lesions": (3.0, 5.0)}),
     "quick": Preset(cases={"artifacts": 2, "lesions": 1}, steps={"artifacts": 3, "lesions": 3}, batch=4,
                     features=(4, 8), voxel_mm={"artifacts": (8.0, 9.0), "lesions": (7.0, 8.0)}),
