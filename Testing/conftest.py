@@ -39,3 +39,38 @@ def study(scene):
     patient = sh.CreateSubjectItem(sh.GetSceneItemID(), "Patient 1")
     study_item = sh.CreateStudyItem(patient, "PET/CT 2026-01-01")
     return scene, sh, study_item
+
+
+@pytest.fixture(scope="session")
+def quick_denoise_models(tmp_path_factory):
+    """{"cnn", "gan", "sr"}: model folders trained once per test session with the quick preset (a few steps:
+    they prove the code, not the quality)."""
+    import torch
+
+    from nmai.denoise.training import train_denoise
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # on a busy 2-core machine two threads wait on each other
+    root = tmp_path_factory.mktemp("quick-denoise-models")
+    out = {}
+    for method in ("cnn", "gan", "sr"):
+        out[method] = str(train_denoise(method, root, preset="quick", init=out.get("cnn") if method == "gan" else None,
+                                        cache_dir=root / "cache")["folder"])
+    torch.set_num_threads(before)
+    return out
+
+
+@pytest.fixture(scope="session")
+def quick_triage_models(tmp_path_factory):
+    """{"artifacts", "lesions"}: triage model folders trained once per session with the quick preset."""
+    import torch
+
+    from nmai.triage.training import train_triage
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("quick-triage-models")
+    out = {m: str(train_triage(m, root, preset="quick", cache_dir=root / "cache")["folder"])
+           for m in ("artifacts", "lesions")}
+    torch.set_num_threads(before)
+    return out

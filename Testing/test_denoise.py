@@ -12,18 +12,9 @@ from nmai.volume import Volume
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    """Tiny cnn, gan and sr models (quick preset: a few steps — proves the code, not the quality)."""
-    from nmai.denoise.training import train_denoise
-
-    root = tmp_path_factory.mktemp("denoise-models")
-    out = {}
-    for method in ("cnn", "gan", "sr"):
-        init = str(out["cnn"]) if method == "gan" else None
-        r = train_denoise(method, root, preset="quick", init=init, cache_dir=root / "cache",
-                          checkpoint_dir=root / f"ck-{method}")
-        out[method] = r["folder"]
-    return out
+def models(quick_denoise_models):
+    """Tiny cnn, gan and sr models (quick preset, trained once per session in conftest)."""
+    return quick_denoise_models
 
 
 @pytest.fixture(scope="module")
@@ -157,14 +148,15 @@ def test_bad_inputs_are_refused(models, small_sim, tmp_path):
 
 
 def test_local_fit_restores_what_a_smoothing_network_takes_from_a_lesion(models, small_sim):
-    from nmai.denoise.apply import denoise_volume
+    from nmai.denoise.apply import FIT_WINDOW, denoise_volume
     from nmai.denoise.prior import local_linear_fit
 
     _, sim = small_sim
     pet = sim.recon
     raw, _ = denoise_volume(pet, "cnn", model=models["cnn"], local_fit=False)
     fitted, _ = denoise_volume(pet, "cnn", model=models["cnn"])
-    np.testing.assert_allclose(fitted.array, np.maximum(local_linear_fit(raw.array, pet.array), 0), rtol=1e-5,
+    np.testing.assert_allclose(fitted.array, np.maximum(local_linear_fit(raw.array, pet.array, window=FIT_WINDOW), 0),
+                               rtol=1e-5,
                                atol=1e-6 * float(pet.array.max()))
     # a guide that is a blurred copy of a hot cube: the fit gives back the cube's level
     img = np.ones((12, 24, 24), np.float32)

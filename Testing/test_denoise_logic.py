@@ -30,15 +30,12 @@ SUV_F = 2.0e-4  # SUVbw = Bq/ml * SUV_F
 
 
 @pytest.fixture(scope="module")
-def tiny_cnn(tmp_path_factory):
+def tiny_cnn(quick_denoise_models):
     """A denoise-cnn model folder trained with the quick preset (NMAI_TEST_DENOISE_MODEL: reuse a folder)."""
     reuse = os.environ.get("NMAI_TEST_DENOISE_MODEL")
     if reuse and os.path.isdir(reuse):
         return reuse
-    from nmai.denoise.training import train_denoise
-
-    root = tmp_path_factory.mktemp("denoise-model")
-    return str(train_denoise("cnn", root, preset="quick", cache_dir=root / "cache")["folder"])
+    return quick_denoise_models["cnn"]
 
 
 def phantom(shape=(16, 20, 24), seed=0, scale=1.0):
@@ -109,7 +106,7 @@ def test_output_is_a_new_pet_node_on_the_oblique_input_grid(study, tiny_cnn, met
         assert out.GetAttribute("NMAI.model") == "denoise-cnn"
         assert out.GetAttribute("NMAI.modelSha256") == model_sha(tiny_cnn) == info["model_sha256"]
         assert parameters == {"model": "denoise-cnn", "model_path": os.path.abspath(tiny_cnn),
-                              "local_fit_voxels": [3, 5, 5]}
+                              "local_fit_voxels": [3, 3, 3]}
     else:
         assert parameters == {"fwhm_mm": 6.0} and out.GetAttribute("NMAI.modelSha256") == ""
     assert logic.lastNote is None and out.GetAttribute(ATTR_NOTE) is None

@@ -22,7 +22,8 @@ def small_pet(tmp_path):
 
 def test_child_process_progress_and_result(tmp_path):
     out = tmp_path / "den.nii.gz"
-    runner = TaskRunner(["denoise", str(small_pet(tmp_path)), "--fwhm", "5", "--out", str(out)],
+    runner = TaskRunner(["denoise", str(small_pet(tmp_path)), "--method", "gaussian", "--fwhm", "5",
+                          "--out", str(out)],
                         python=sys.executable).start()
     seen = []
     result = runner.wait(timeout=60, on_progress=lambda f, m: seen.append(f))
@@ -40,7 +41,8 @@ def test_child_error_is_reported_as_message(tmp_path):
 def test_in_process_run_matches(tmp_path):
     out = tmp_path / "den.nii.gz"
     fractions = []
-    result = run_in_process(["denoise", str(small_pet(tmp_path)), "--fwhm", "5", "--out", str(out)],
+    result = run_in_process(["denoise", str(small_pet(tmp_path)), "--method", "gaussian", "--fwhm", "5",
+                          "--out", str(out)],
                             progress=lambda f, m: fractions.append(f))
     assert result["outputs"]["denoised"] == str(out) and fractions[-1] == 1.0
     with pytest.raises(NMAIError, match="invalid engine arguments"):

@@ -28,19 +28,15 @@ from test_triage_models import sphere_phantom  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    """{"artifacts": folder, "lesions": folder}: quick-preset models (one thread for training and inference)."""
+def models(quick_triage_models):
+    """{"artifacts": folder, "lesions": folder}: quick-preset models (one thread for inference)."""
     import torch
 
     torch.set_num_threads(1)
     reuse = os.environ.get("NMAI_TEST_TRIAGE_MODELS")
     if reuse and all(os.path.isdir(os.path.join(reuse, f"triage-{m}")) for m in ("artifacts", "lesions")):
         return {m: os.path.join(reuse, f"triage-{m}") for m in ("artifacts", "lesions")}
-    from nmai.triage.training import train_triage
-
-    root = tmp_path_factory.mktemp("triage-models")
-    return {m: str(train_triage(m, root, preset="quick", cache_dir=root / "cache")["folder"])
-            for m in ("artifacts", "lesions")}
+    return quick_triage_models
 
 
 def ct_of(pet: Volume) -> Volume:

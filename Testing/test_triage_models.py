@@ -72,12 +72,8 @@ def test_bq_ml_converts_with_its_suv_factor_and_stays_bq_ml_without():
 
 
 @pytest.fixture(scope="module")
-def triage_models(tmp_path_factory):
-    from nmai.triage.training import train_triage
-
-    root = tmp_path_factory.mktemp("triage-models")
-    return {m: train_triage(m, root, preset="quick", cache_dir=root / "cache")["folder"]
-            for m in ("artifacts", "lesions")}
+def triage_models(quick_triage_models):
+    return quick_triage_models
 
 
 def test_scored_candidates_and_artifact_report(triage_models):

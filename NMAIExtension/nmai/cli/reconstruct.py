@@ -4,7 +4,8 @@ from __future__ import annotations
 
 
 def add_parser(sub):
-    p = sub.add_parser("reconstruct", help="reconstruct a simulated acquisition (optionally with another μ-map)",
+    p = sub.add_parser("reconstruct", help="reconstruct a simulated acquisition (optionally with another μ-map, or with a "
+                                       "denoising-CNN prior)",
                        description="Reconstruct the acquisition in a folder written by 'nmai simulate' with OSEM. "
                                    "With --mumap the attenuation correction uses that μ-map (resampled to the "
                                    "acquisition grid) instead of the true one, so the PET error it causes can be "

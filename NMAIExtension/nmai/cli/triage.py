@@ -8,9 +8,11 @@ import sys
 
 
 def add_parser(sub):
-    p = sub.add_parser("triage", help="artifact alarms: watch sinogram frames as they arrive, or check an image",
-                       description="Triage: raw-data (sinogram) checks per frame while the scan runs, and a "
-                                   "rule-based image report.")
+    p = sub.add_parser("triage", help="artifact alarms and lesion candidates: check a PET image (nmai triage PET ...), "
+                            "or watch sinogram frames as they arrive",
+                       description="Triage: an image report (artifact classifier, μ-map and raw-data rules, "
+                                   "lesion candidates; 'nmai triage PET ...' is 'nmai triage image PET ...'), and "
+                                   "raw-data (sinogram) checks per frame while the scan runs.")
     tsub = p.add_subparsers(dest="triage_command", metavar="SUBCOMMAND")
     tsub.required = True
     w = tsub.add_parser("watch", help="watch a folder for frame files; print one JSON alarm line per frame",

@@ -2,7 +2,7 @@
 
 ``cnn`` and ``gan`` are followed by a local linear fit of the network output to the input (after Kim et
 al., IEEE TMI 2018): a network trained toward the mean smooths small lesions and, off its training count
-levels, biases the image; refitting its output to the data in 3 × 5 × 5-voxel windows keeps its structure
+levels, biases the image; refitting its output to the data in 3 × 3 × 3-voxel windows keeps its structure
 and most of its noise suppression but the data's local level. ``local_fit=False`` gives the raw output.
 
 The learned models are unit-invariant: the input is divided by its mean in the body before the network and
@@ -25,6 +25,7 @@ METHODS = ("gaussian", "cnn", "gan", "sr")
 DEFAULT_MODELS = {"cnn": "denoise-cnn", "gan": "denoise-gan", "sr": "denoise-sr"}
 VOXEL_LIMITS_MM = (2.0, 7.0)   # beyond these the network input is resampled
 DEFAULT_FWHM_MM = 6.0
+FIT_WINDOW = (3, 3, 3)         # voxels (k, j, i) of the local linear fit of cnn/gan outputs to the input
 
 
 def _model(method: str, model):
@@ -57,7 +58,7 @@ def denoise_volume(volume: Volume, method: str = "cnn", *, fwhm_mm: float | None
 
     ``model``: a model folder, registry name or loaded model (default: the shipped model of the method).
     ``local_fit`` (default on for cnn and gan, off for sr): the network output is fitted back to the input
-    by local linear fitting (:func:`nmai.denoise.prior.local_linear_fit`, 3 × 5 × 5 voxels), which keeps
+    by local linear fitting (:func:`nmai.denoise.prior.local_linear_fit`, :data:`FIT_WINDOW` voxels), which keeps
     the network's noise suppression but the input's local level — lesion SUVs stay those of the data.
     ``predict_kw`` go to :func:`nmai.inference.predict_volume` (threads, memory limit, device, ...).
     """
@@ -91,12 +92,12 @@ def denoise_volume(volume: Volume, method: str = "cnn", *, fwhm_mm: float | None
         y = resample_to_reference(source.derive(y), volume).array
     y = np.maximum(y, 0.0).astype(np.float32)
     if local_fit:
-        from .prior import LLF_WINDOW, local_linear_fit
+        from .prior import local_linear_fit
 
         progress(0.96, "local linear fit to the input")
-        y = np.maximum(local_linear_fit(y, volume.array), 0.0)
+        y = np.maximum(local_linear_fit(y, volume.array, window=FIT_WINDOW), 0.0)
     info = {"method": method, "model": loaded.name, "model_version": loaded.version,
-            "model_sha256": loaded.sha256, "local_fit_voxels": list(LLF_WINDOW) if local_fit else None,
+            "model_sha256": loaded.sha256, "local_fit_voxels": list(FIT_WINDOW) if local_fit else None,
             "note": note}
     out = volume.derive(y, units=volume.units, modality="PT")
     out.metadata["denoising"] = {k: v for k, v in info.items() if v is not None}

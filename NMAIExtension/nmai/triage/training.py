@@ -104,7 +104,9 @@ def make_artifact_case(seed: int, preset: Preset) -> dict:
                              iterations=int(rng.integers(2, 5)))
     grid = img_mod.to_grid(recon)
     mu = resample_to_reference(case.mumap_recon, grid).array
-    return {"pet": img_mod.centre(grid.array).astype(np.float16), "mu": img_mod.centre(mu).astype(np.float16),
+    pet = img_mod.centre(grid.array)
+    pet /= max(float(np.median(pet[pet > 0.05 * np.percentile(pet, 99.5)])), 1e-12)  # float16 holds it (Bq/ml overflows)
+    return {"pet": pet.astype(np.float16), "mu": img_mod.centre(mu).astype(np.float16),
             "y": slice_labels(case.truth, recon, grid), "seed": seed, "type": case.truth["type"]}
 
 
