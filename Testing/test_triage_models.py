@@ -97,6 +97,12 @@ def test_scored_candidates_and_artifact_report(triage_models):
         classify_artifacts(vol, far, triage_models["artifacts"])
     with pytest.raises(NMAIError, match="not an artifact triage model"):
         classify_artifacts(vol, mu, triage_models["lesions"])
+    with pytest.raises(NMAIError, match="not a lesion-candidate scorer"):
+        detect_lesions(vol, triage_models["artifacts"])
+    from nmai.triage.image import triage_image
+
+    with pytest.raises(NMAIError, match="not μ at 511 keV"):  # cm-1 x 10000, as some vendors store it
+        triage_image(vol, mumap=mu.derive(mu.array * 10000), classifier=None, lesion_model=None)
 
 
 def test_classifier_helpers():

@@ -36,13 +36,13 @@ def run(args, progress):
 
     if args.method == "gaussian" and args.model:
         raise NMAIError("--model applies to cnn, gan and sr, not to gaussian")
+    if args.local_fit is False and args.method not in ("cnn", "gan"):
+        raise NMAIError("--no-local-fit applies to cnn and gan")
     refuse_overwriting(args.out, args.input)
     progress(0.0, f"reading {args.input}")
     volume = read_volume(args.input, units=args.units)
     if volume.modality == "OT" and volume.units in PET_UNITS:
         volume.modality = "PT"
-    if args.local_fit is False and args.method not in ("cnn", "gan"):
-        raise NMAIError("--no-local-fit applies to cnn and gan")
     out, info = denoise_volume(volume, args.method, fwhm_mm=args.fwhm, model=args.model, local_fit=args.local_fit,
                                progress=progress.sub(0.1, 0.9))
     progress(0.9, f"writing {args.out}")

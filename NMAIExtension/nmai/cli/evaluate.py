@@ -29,7 +29,8 @@ def add_parser(sub):
     p.add_argument("--methods", default=None, metavar="M,M",
                    help="attenuation: comma-separated unet (Dixon U-Net), dixon4, unet-t1 (T1 U-Net); default "
                         "unet,dixon4. denoise: cnn, gan, gaussian (matched-noise Gaussian and the NEMA curve), "
-                        "prior (CNN-prior reconstruction), sr (super-resolution); default all")
+                        "prior (CNN-prior reconstruction), sr (super-resolution), cnn-raw (the cnn without its local fit); "
+                        "default all")
     p.add_argument("--model", metavar="PATH|NAME",
                    help="attenuation: Dixon U-Net model (default attenuation-dixon-unet); denoise: the cnn model, "
                         "also the prior of 'prior' (default denoise-cnn)")

@@ -34,20 +34,18 @@ def run(args, progress):
 
     if args.prior is None and (args.prior_model or args.prior_weight is not None):
         raise NMAIError("--prior-model and --prior-weight need --prior cnn")
+    prior = None
     if args.prior:
         if args.postfilter:
             raise NMAIError("--postfilter cannot be combined with --prior (the prior already regularises)")
+        from ..denoise.apply import DEFAULT_MODELS
         from ..denoise.prior import DEFAULT_WEIGHT
 
-        result = reconstruct_folder(args.simdir, args.out, mumap_path=args.mumap, iterations=args.iterations,
-                                    subsets=args.subsets, psf=not args.no_psf, frame=args.frame,
-                                    prior={"model": args.prior_model or "denoise-cnn",
-                                           "weight": DEFAULT_WEIGHT if args.prior_weight is None else args.prior_weight},
-                                    progress=progress)
-        result["message"] = f"reconstructed {args.simdir} with the CNN prior -> {result['recon']}"
-        return result
+        prior = {"model": args.prior_model or DEFAULT_MODELS["cnn"],
+                 "weight": DEFAULT_WEIGHT if args.prior_weight is None else args.prior_weight}
     result = reconstruct_folder(args.simdir, args.out, mumap_path=args.mumap, iterations=args.iterations,
                                 subsets=args.subsets, psf=not args.no_psf, frame=args.frame,
-                                postfilter_mm=args.postfilter, progress=progress)
-    result["message"] = f"reconstructed {args.simdir} -> {result['recon']}"
+                                postfilter_mm=args.postfilter, prior=prior, progress=progress)
+    result["message"] = (f"reconstructed {args.simdir}" + (" with the CNN prior" if prior else "")
+                         + f" -> {result['recon']}")
     return result

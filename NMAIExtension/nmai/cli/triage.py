@@ -59,7 +59,8 @@ def add_parser(sub):
     i.add_argument("--threshold", type=float, default=0.5, metavar="P",
                    help="report lesion candidates with probability >= P (default 0.5)")
     i.add_argument("--rules-only", action="store_true", help="no networks: μ-map and raw-data rules only")
-    i.add_argument("--units", default=None, metavar="U", help="PET units when the file does not record them")
+    i.add_argument("--units", default=None, choices=["Bq/ml", "SUVbw", "SUVlbm"],
+                   help="PET units when the file does not record them")
     i.set_defaults(func=run_image)
 
 

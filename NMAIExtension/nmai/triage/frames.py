@@ -56,6 +56,9 @@ def read_header(folder) -> dict | None:
         raise NMAIError(f"{path}: invalid JSON ({exc}); write it atomically (temporary name, then rename)") from None
     if path == acq:
         shape = meta.get("shape", {})
+        if "scanner" not in meta or len(meta.get("spacing_mm") or []) != 3:
+            raise NMAIError(f"{path}: an acquisition.json needs 'scanner' and 'spacing_mm'; write the folder with "
+                            "'nmai simulate' or give a scan.json (see 'nmai triage frames')")
         meta = {"format": HEADER_FORMAT, "scanner": meta["scanner"], "slices": shape.get("slices"),
                 "slice_mm": meta["spacing_mm"][2], "frames_expected": shape.get("frames")}
     if meta.get("format") != HEADER_FORMAT or "scanner" not in meta or "slice_mm" not in meta:
@@ -116,7 +119,11 @@ def read_frame(path) -> dict:
             item = {"prompts": z["prompts"], "file": path.name}
             for key, cast in (("frame", int), ("start_s", float), ("duration_s", float)):
                 if key in names:
-                    item[key] = cast(z[key])
+                    try:
+                        item[key] = cast(z[key])
+                    except (TypeError, ValueError):
+                        raise NMAIError(f"{path.name}: '{key}' must be one number, got shape "
+                                        f"{np.shape(z[key])}") from None
     except NMAIError:
         raise
     except (zipfile.BadZipFile, EOFError, ValueError, OSError, zlib.error, KeyError) as exc:

@@ -36,6 +36,7 @@ from .. import __version__
 from ..errors import NMAIError
 from ..progress import as_progress
 from ..volume import Volume
+from .raw import worst
 
 FORMAT = "nmai-triage-report/1"
 TRUNCATION_MM, TRUNCATION_ML = 12.0, 25.0
@@ -91,7 +92,7 @@ def mumap_rules(pet: Volume, mu: Volume) -> tuple[list, dict]:
     trunc_ml = float(per_slice.sum())
     if _score(trunc_ml, TRUNCATION_ML) >= 0.5:
         artifacts.append({"type": "truncation", "probability": _score(trunc_ml, TRUNCATION_ML),
-                          "slice_range": _slices(per_slice > 0), "alarm": "check", "volume_ml": round(trunc_ml, 1),
+                          "slice_range": _slices(per_slice > 0), "alarm": "check", "source": "μ-map rules", "volume_ml": round(trunc_ml, 1),
                           "message": f"{trunc_ml:.0f} ml of tissue seen by PET lies outside the μ-map (arms cut "
                                      "off?): complete the μ-map (MLAA or outline completion) and reconstruct"})
     # void: the largest μ ≈ 0 region enclosed by the body, where PET sees tissue
@@ -105,7 +106,7 @@ def mumap_rules(pet: Volume, mu: Volume) -> tuple[list, dict]:
         void_ml = float(sizes[big - 1])
         if _score(void_ml, VOID_ML) >= 0.5:
             artifacts.append({"type": "mumap_void", "probability": _score(void_ml, VOID_ML),
-                              "slice_range": _slices((lab == big).any(axis=(1, 2))), "alarm": "check",
+                              "slice_range": _slices((lab == big).any(axis=(1, 2))), "alarm": "check", "source": "μ-map rules",
                               "volume_ml": round(void_ml, 1),
                               "message": f"a {void_ml:.0f} ml void (μ 0) inside the body where PET sees tissue "
                                          "(metal in an MR-based μ-map?): fill it with soft tissue or use CT/MLAA; "
@@ -206,6 +207,9 @@ def triage_image(pet, *, mumap=None, ct=None, acquisition=None, classifier="auto
         mu = read_volume(mumap, units="cm-1") if not isinstance(mumap, Volume) else mumap
         if mu.units not in ("cm-1", "1"):
             raise NMAIError(f"the μ-map is in {mu.units}; give μ at 511 keV in cm-1 (or the CT with --ct)")
+        if not np.isfinite(mu.array).all() or float(mu.array.max()) > 1.0:
+            raise NMAIError(f"the μ-map's maximum is {float(np.nanmax(mu.array)):.3g}: not μ at 511 keV in cm-1 "
+                            "(bone ≈ 0.17; some vendors store cm-1 x 10000): rescale it, or give the CT with --ct")
     classifier = _registered("triage-artifacts") if classifier == "auto" else classifier
     lesion_model = _registered("triage-lesions") if lesion_model == "auto" else lesion_model
     artifacts, evidence, raw, learned = [], {}, None, None
@@ -230,7 +234,7 @@ def triage_image(pet, *, mumap=None, ct=None, acquisition=None, classifier="auto
         progress(0.7, "lesion candidates")
         lesions = detect_lesions(pet, lesion_model, threshold=lesion_threshold)
     artifacts.sort(key=lambda a: -a["probability"])
-    alarm = max((a["alarm"] for a in artifacts), key=("ok", "check", "repeat").index, default="ok")
+    alarm = worst(a["alarm"] for a in artifacts)
     progress(1.0, "report ready")
     return {"format": FORMAT, "nmai_version": __version__, "input": source,
             "method": "rules + image classifier" if classifier else "rules",

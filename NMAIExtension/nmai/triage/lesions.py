@@ -139,8 +139,10 @@ def detect_lesions(pet: Volume, model=None, *, threshold: float = 0.5, progress=
         from ..models.loading import LoadedModel
 
         loaded = model if isinstance(model, LoadedModel) else load_model(model, device="cpu")
-        if loaded.task != "triage":
-            raise NMAIError(f"model '{loaded.name}' is a {loaded.task} model, not a triage model")
+        kw = loaded.card["network"]["kwargs"]
+        if loaded.task != "triage" or (kw.get("spatial_dims"), kw.get("in_channels"), kw.get("out_channels")) != (3, 2, 1):
+            raise NMAIError(f"model '{loaded.name}' is not a lesion-candidate scorer (triage-lesions); check "
+                            "--lesion-model")
     probs = [None] * len(cands)
     if loaded is not None and cands:
         progress(0.5, f"scoring {len(cands)} candidates")
