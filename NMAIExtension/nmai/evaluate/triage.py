@@ -197,7 +197,7 @@ def write_figure(path, curve: list[dict], artifacts: dict) -> None:
     from ..io import atomic_path
 
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
-    pts = sorted(curve, key=lambda p: p["fp_per_scan"])
+    pts = sorted(curve, key=lambda p: (p["fp_per_scan"], p["sensitivity"]))
     a.step([p["fp_per_scan"] for p in pts], [p["sensitivity"] for p in pts], where="post")
     a.axvline(1.0, ls=":", c="grey")
     a.axhline(0.85, ls=":", c="grey")
