@@ -79,19 +79,13 @@ def run(args, progress):
         if getattr(args, option) is not None:
             raise NMAIError(f"--{option.replace('_', '-')} applies to 'nmai evaluate denoise' only")
     from ..evaluate.attenuation import evaluate_attenuation
-    from ..io import write_json
 
     methods = [m.strip() for m in (args.methods or "unet,dixon4").split(",") if m.strip()]
     result = evaluate_attenuation(cases=args.cases, seed_start=args.seed_start, methods=methods, model=args.model,
                                   t1_model=args.t1_model, noise=args.noise, iterations=args.iterations,
                                   subsets=args.subsets, quick=args.quick, keep_dir=args.keep, figure=args.figure,
                                   progress=progress)
-    outputs = {}
-    if args.figure:
-        outputs["figure"] = str(args.figure)
-    if args.json:
-        write_json(args.json, result)
-        outputs["json"] = str(args.json)
+    outputs = _write_outputs(args, result)
     passed = [k for k, t in result["targets"].items() if t["pass"]]
     failed = [k for k, t in result["targets"].items() if t["pass"] is False]
     lines = []
@@ -122,7 +116,6 @@ def _command(args, methods, fractions) -> str:
 def run_denoise(args, progress):
     from ..errors import NMAIError
     from ..evaluate.denoise import DEFAULT_METHODS, evaluate_denoise
-    from ..io import write_json
 
     if args.noise or args.keep or args.t1_model:
         raise NMAIError("--noise, --keep and --t1-model apply to 'nmai evaluate attenuation' only (the denoising "
@@ -139,12 +132,7 @@ def run_denoise(args, progress):
                               realisations=args.realisations, iterations=args.iterations, subsets=args.subsets,
                               quick=args.quick, figure=args.figure, command=_command(args, methods, fractions),
                               progress=progress)
-    outputs = {}
-    if args.figure:
-        outputs["figure"] = str(args.figure)
-    if args.json:
-        write_json(args.json, result)
-        outputs["json"] = str(args.json)
+    outputs = _write_outputs(args, result)
     lines = []
     wb = result.get("wholebody")
     if wb:
@@ -175,19 +163,26 @@ def run_denoise(args, progress):
 
 def run_triage(args, progress):
     from ..evaluate.triage import evaluate_triage
-    from ..io import write_json
 
     seed_start = 200 if args.seed_start == 100 else args.seed_start  # 100+ are the other evaluations' phantoms
     result = evaluate_triage(cases=args.cases, seed_start=seed_start, model=args.model,
                              lesion_model=args.lesion_model, quick=args.quick, figure=args.figure, progress=progress)
-    outputs = {}
-    if args.json:
-        write_json(args.json, result)
-        outputs["json"] = str(args.json)
-    if args.figure:
-        outputs["figure"] = str(args.figure)
+    outputs = _write_outputs(args, result)
     aucs = ", ".join(f"{a} {v['auc_vs_clean']:.2f}" for a, v in result["artifacts"].items()
                      if v["auc_vs_clean"] is not None)
     message = (f"artifact AUC vs clean: {aucs}; lesions: sensitivity {result['lesions']['sensitivity_at_1fp_per_scan']:.2f}"
                f" at <= 1 FP/scan ({result['lesions']['eligible_lesions']} lesions, {result['lesions']['scans']} scans)")
     return {**result, "message": message, "outputs": outputs}
+
+
+def _write_outputs(args, result) -> dict:
+    """Write ``--json`` (atomically) and list it with the ``--figure`` the evaluation already wrote."""
+    from ..io import write_json
+
+    outputs = {}
+    if args.figure:
+        outputs["figure"] = str(args.figure)
+    if args.json:
+        write_json(args.json, result)
+        outputs["json"] = str(args.json)
+    return outputs

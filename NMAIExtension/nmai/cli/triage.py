@@ -65,7 +65,7 @@ def add_parser(sub):
 
 
 def run_watch(args, progress):
-    from ..triage import watch_folder
+    from ..triage import raw, watch_folder
 
     lines, t_max = [], 0.0
     for result in watch_folder(args.dir, timeout_s=args.timeout or None, expected_frames=args.expected_frames,
@@ -75,7 +75,7 @@ def run_watch(args, progress):
         lines.append(result)
         t_max = max(t_max, result.get("latency_s") or 0.0)
     counts = {a: sum(r["alarm"] == a for r in lines) for a in ("ok", "check", "repeat")}
-    worst = "repeat" if counts["repeat"] else "check" if counts["check"] else "ok"
+    worst = raw.worst(r["alarm"] for r in lines)
     message = (f"{len(lines)} frame(s): {counts['ok']} ok, {counts['check']} check, {counts['repeat']} repeat; "
                f"each alarm at most {t_max:.2f} s after its frame landed")
     print(message, file=sys.stderr)     # stdout stays one JSON object per line

@@ -56,17 +56,18 @@ class ArtifactCase:
     truth: dict = field(default_factory=dict)
 
 
-def _slices(mask_per_slice: np.ndarray) -> list:
+def slice_span(mask_per_slice: np.ndarray) -> list:
+    """[first, last] index where ``mask_per_slice`` is true ([] when never)."""
     k = np.flatnonzero(mask_per_slice)
     return [int(k[0]), int(k[-1])] if k.size else []
 
 
 def _changed(a: np.ndarray, b: np.ndarray, tol: float = 0.01) -> list:
-    return _slices((np.abs(a - b) > tol).any(axis=(1, 2)))
+    return slice_span((np.abs(a - b) > tol).any(axis=(1, 2)))
 
 
 def _body_slices(mu: np.ndarray) -> list:
-    return _slices((mu > BODY_MU).any(axis=(1, 2)))
+    return slice_span((mu > BODY_MU).any(axis=(1, 2)))
 
 
 def _truth(kind, severity, unit, slices, **parameters) -> dict:
@@ -119,8 +120,8 @@ def respiratory(ph, amplitude_mm: float = 15.0, phases: int = 8) -> ArtifactCase
     if "lung" not in table or "liver" not in table:
         raise NMAIError("respiratory motion needs a wholebody phantom (lung and liver labels)")
     dz = ph.mumap.spacing[2]
-    zl = _slices((lab == table["liver"]).any(axis=(1, 2)))
-    zu = _slices((lab == table["lung"]).any(axis=(1, 2)))
+    zl = slice_span((lab == table["liver"]).any(axis=(1, 2)))
+    zu = slice_span((lab == table["lung"]).any(axis=(1, 2)))
     k = np.arange(lab.shape[0], dtype=float)
     lo, top = zl[0] - 60.0 / dz, zu[1]
     dome = max(zl[1], zu[0])
@@ -133,7 +134,7 @@ def respiratory(ph, amplitude_mm: float = 15.0, phases: int = 8) -> ArtifactCase
         mu += _z_warp(ph.mumap.array, u) / phases
     truth = _truth("respiratory", amplitude_mm, "mm", _changed(mu, ph.mumap.array, 0.005),
                    phases=phases, waveform="sin^2 (end-expiration at phase 0)",
-                   moving_slices=_slices(w > 0))
+                   moving_slices=slice_span(w > 0))
     return ArtifactCase(ph.activity.derive(act), ph.mumap.derive(mu), ph.mumap, truth=truth)
 
 
@@ -207,7 +208,7 @@ def metal(ph, void_mm: float = 20.0, centre_mm=None, radius_mm: float = 7.0,
     act = np.where(implant, np.float32(0.0), ph.activity.array)
     mu_recon = np.where(void, np.float32(0.0), ph.mumap.array)
     in_body = (ph.mumap.array > BODY_MU).any(axis=(1, 2))
-    truth = _truth("metal", void_mm, "mm", _slices((implant | void).any(axis=(1, 2)) & in_body),
+    truth = _truth("metal", void_mm, "mm", slice_span((implant | void).any(axis=(1, 2)) & in_body),
                    centre_lps_mm=[float(v) for v in c], radius_mm=radius_mm, length_mm=length_mm,
                    implant_mu_cm=STEEL_MU, implant_voxels=int(implant.sum()), void_voxels=int(void.sum()))
     return ArtifactCase(ph.activity.derive(act), ph.mumap.derive(mu_sim), ph.mumap.derive(mu_recon), truth=truth)

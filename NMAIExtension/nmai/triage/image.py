@@ -35,6 +35,7 @@ import numpy as np
 from .. import __version__
 from ..errors import NMAIError
 from ..progress import as_progress
+from ..sim.artifacts import slice_span
 from ..volume import Volume
 from .raw import worst
 
@@ -47,11 +48,6 @@ _IN_PLANE[1] = [[0, 1, 0], [1, 1, 1], [0, 1, 0]]
 
 def _score(evidence: float, threshold: float) -> float:
     return round(float(min(1.0, 0.5 * evidence / threshold)), 3)
-
-
-def _slices(per_slice) -> list:
-    k = np.flatnonzero(per_slice)
-    return [int(k[0]), int(k[-1])] if k.size else []
 
 
 def convex_hull(mask: np.ndarray) -> np.ndarray:
@@ -92,7 +88,7 @@ def mumap_rules(pet: Volume, mu: Volume) -> tuple[list, dict]:
     trunc_ml = float(per_slice.sum())
     if _score(trunc_ml, TRUNCATION_ML) >= 0.5:
         artifacts.append({"type": "truncation", "probability": _score(trunc_ml, TRUNCATION_ML),
-                          "slice_range": _slices(per_slice > 0), "alarm": "check", "source": "μ-map rules", "volume_ml": round(trunc_ml, 1),
+                          "slice_range": slice_span(per_slice > 0), "alarm": "check", "source": "μ-map rules", "volume_ml": round(trunc_ml, 1),
                           "message": f"{trunc_ml:.0f} ml of tissue seen by PET lies outside the μ-map (arms cut "
                                      "off?): complete the μ-map (MLAA or outline completion) and reconstruct"})
     # void: the largest μ ≈ 0 region enclosed by the body, where PET sees tissue
@@ -106,7 +102,7 @@ def mumap_rules(pet: Volume, mu: Volume) -> tuple[list, dict]:
         void_ml = float(sizes[big - 1])
         if _score(void_ml, VOID_ML) >= 0.5:
             artifacts.append({"type": "mumap_void", "probability": _score(void_ml, VOID_ML),
-                              "slice_range": _slices((lab == big).any(axis=(1, 2))), "alarm": "check", "source": "μ-map rules",
+                              "slice_range": slice_span((lab == big).any(axis=(1, 2))), "alarm": "check", "source": "μ-map rules",
                               "volume_ml": round(void_ml, 1),
                               "message": f"a {void_ml:.0f} ml void (μ 0) inside the body where PET sees tissue "
                                          "(metal in an MR-based μ-map?): fill it with soft tissue or use CT/MLAA; "
