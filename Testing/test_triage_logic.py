@@ -74,7 +74,8 @@ def test_process_with_ct_makes_table_points_and_segmentation_on_an_oblique_pet(s
 
     report = logic.lastReport
     assert alarm == report["alarm"] and alarm in ("ok", "check", "repeat")
-    assert report["checked"] == {"mumap_rules": True, "image_classifier": True, "raw_data": False, "lesions": True}
+    assert report["checked"] == {"image_rules": True, "mumap_rules": True, "image_classifier": True, "raw_data": False,
+                                 "lesions": True}
     assert report["classifier"]["with_mumap"]
     artifacts, lesions = report["artifacts"], report["lesions"]
     assert len(lesions) >= 2 and report["lesions_units"] == "SUVbw"

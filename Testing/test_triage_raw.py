@@ -296,3 +296,110 @@ def test_image_report_is_quiet_on_a_clean_scan(slab):
     acq, recon = simulate_case(case, seed=2, duration_s=60.0, iterations=1, subsets=14)
     rep = triage_image(recon, mumap=case.mumap_recon, acquisition=acq, classifier=None, lesion_model=None)
     assert rep["alarm"] == "ok" and rep["artifacts"] == [], rep["artifacts"]
+
+
+def test_block_failed_after_normalisation_streaks_the_image_and_a_known_one_does_not(slab):
+    """Noise-free: with the normalisation that knows the dead block the image stays the clean one; with the
+    normalisation from before the failure (the default case) the missing counts pull the image down."""
+    body = slab.mumap.array > 0.05
+    clean = simulate_case(make_case("none", slab), noise=False, iterations=2)[1].array[body]
+    known_case = make_case("failed_blocks", slab, 1, stale_norm=False)
+    acq_k, known = simulate_case(known_case, noise=False, iterations=2)
+    acq_s, stale = simulate_case(make_case("failed_blocks", slab, 1), noise=False, iterations=2)
+    assert (acq_k.norm == 0).any() and (acq_s.norm > 0).all()
+    assert acq_s.info["artifact"]["parameters"]["normalisation"] == "measured before the failure"
+    ratio_known, ratio_stale = known.array[body] / clean, stale.array[body] / clean
+    assert np.median(np.abs(ratio_known - 1)) < 0.02
+    assert ratio_stale.mean() < 0.97 and np.percentile(ratio_stale, 5) < 0.85
+
+
+# ------------------------------------------------------------------------------------------ image rules
+def noisy_cylinder(voxel_mm: float, cov: float, size_mm: float = 240.0, seed: int = 0) -> Volume:
+    n = int(round(size_mm / voxel_mm))
+    k, j, i = np.indices((n, n, n))
+    inside = (j - n / 2) ** 2 + (i - n / 2) ** 2 < (0.4 * n) ** 2
+    rng = np.random.default_rng(seed)
+    a = np.where(inside, 1000.0 * (1.0 + cov * rng.standard_normal((n, n, n))), 0.0).astype(np.float32)
+    return Volume(a, (voxel_mm,) * 3, (0.0, 0.0, 0.0), np.eye(3), modality="PT", units="Bq/ml")
+
+
+@pytest.mark.parametrize("cov", [0.15, 0.45])
+def test_noise_measure_recovers_white_noise_at_6mm(cov):
+    """White noise of relative SD c: the 3×3×3 local SD/mean has its median at c·√(median χ²₂₆ / 27) ≈
+    0.969 c; at 2 mm voxels the 3×3×3-voxel blocks average 27 voxels, so c/√27 · 0.969; 8 mm voxels are
+    scaled to a 6 mm block: c · 0.969 · √(8³/6³)."""
+    from nmai.triage.image import noise_cov
+
+    assert noise_cov(noisy_cylinder(6.0, cov)) == pytest.approx(0.969 * cov, rel=0.05)
+    assert noise_cov(noisy_cylinder(2.0, cov)) == pytest.approx(0.969 * cov / np.sqrt(27), rel=0.08)
+    assert noise_cov(noisy_cylinder(8.0, cov)) == pytest.approx(0.969 * cov * (8 / 6) ** 1.5, rel=0.05)
+
+
+def test_noise_rule_flags_low_counts_only():
+    from nmai.triage.image import NOISE_COV, noise_rule
+
+    found, ev = noise_rule(noisy_cylinder(6.0, 0.45))
+    assert [f["type"] for f in found] == ["low_counts"] and found[0]["source"] == "image rules"
+    assert found[0]["probability"] == pytest.approx(0.5 * ev["noise_cov_6mm"] / NOISE_COV, abs=1e-3)
+    found, ev = noise_rule(noisy_cylinder(6.0, 0.15))
+    assert found == [] and 0.0 < ev["rule_scores"]["low_counts"] < 0.5
+
+
+def test_void_opening_onto_the_skin_is_a_void_and_cut_arms_are_not(slab):
+    from nmai.triage.image import mumap_rules
+
+    mu = slab.mumap.array
+    body_x = np.flatnonzero((mu[25] > 0.05).any(axis=0))       # columns of the body in the middle slice
+    edge_x = slab.mumap.origin[0] + 8.0 * body_x[-1]           # the body's outline on +x
+    centre = (edge_x - 24.0, float(slab.mumap.origin[1] + 8.0 * np.flatnonzero((mu[25] > 0.05).any(axis=1)).mean()),
+              slab.mumap.origin[2] + 8.0 * 25)
+    case = make_case("metal", slab, 20.0, centre_mm=centre)   # void (27 mm radius) cuts the skin
+    assert (case.mumap_recon.array[25, :, body_x[-1]] == 0).any()
+    recon = simulate_case(case, seed=1, duration_s=60.0, iterations=2)[1]
+    found, ev = mumap_rules(recon, case.mumap_recon)
+    assert "mumap_void" in {f["type"] for f in found} and ev["rule_scores"]["mumap_void"] >= 0.5
+    trunc = make_case("truncation", slab, 400.0)
+    recon = simulate_case(trunc, seed=1, duration_s=60.0, iterations=2)[1]
+    found, _ = mumap_rules(recon, trunc.mumap_recon)
+    assert {f["type"] for f in found} == {"truncation"}
+
+
+def ellipsoid_pair(shift_mm, direction=np.eye(3), voxel=4.0):
+    """A uniform ellipsoid PET (blurred by a 6 mm PSF) and its μ-map with the body moved by shift_mm
+    (x, y, z along the volume's own axes)."""
+    from scipy import ndimage
+
+    n = (40, 48, 56)                                    # k, j, i
+    k, j, i = np.indices(n, dtype=float)
+    c = np.array(n, float)[::-1] / 2 * voxel            # x, y, z centre mm
+
+    def body(off):
+        x, y, z = (i * voxel - c[0] - off[0], j * voxel - c[1] - off[1], k * voxel - c[2] - off[2])
+        return (x / 80) ** 2 + (y / 60) ** 2 + (z / 55) ** 2 <= 1.0
+
+    pet = ndimage.gaussian_filter(1000.0 * body((0, 0, 0)), 6.0 / 2.355 / voxel).astype(np.float32)
+    mu = np.where(body(shift_mm), 0.096, 0.0).astype(np.float32)
+    geo = dict(spacing=(voxel,) * 3, origin=(-100.0, 20.0, 300.0), direction=direction)
+    return Volume(pet, modality="PT", units="Bq/ml", **geo), Volume(mu, units="cm-1", **geo)
+
+
+@pytest.mark.parametrize("shift", [(6.0, 0.0, 0.0), (0.0, -5.0, 0.0), (0.0, 0.0, 6.0), (0.0, 0.0, 0.0)])
+def test_outline_offset_recovers_a_shifted_mumap(shift):
+    from nmai.triage.image import outline_offset
+
+    pet, mu = ellipsoid_pair(shift)
+    assert outline_offset(pet, mu) == pytest.approx(-np.asarray(shift), abs=0.6)
+
+
+def test_offset_rule_reports_lps_on_an_oblique_volume():
+    from nmai.triage.image import OFFSET_MM, offset_rule
+
+    a = np.deg2rad(30.0)
+    rot = np.array([[np.cos(a), -np.sin(a), 0.0], [np.sin(a), np.cos(a), 0.0], [0.0, 0.0, 1.0]])
+    pet, mu = ellipsoid_pair((6.0, 0.0, 0.0), direction=rot)
+    found, ev = offset_rule(pet, mu)
+    assert [f["type"] for f in found] == ["pet_mumap_offset"] and found[0]["alarm"] == "check"
+    assert ev["pet_mumap_offset_lps_mm"] == pytest.approx(list(rot @ [-6.0, 0.0, 0.0]), abs=0.6)
+    assert found[0]["probability"] == pytest.approx(min(1.0, 0.5 * found[0]["offset_mm"] / OFFSET_MM), abs=1e-3)
+    found, ev = offset_rule(*ellipsoid_pair((0.0, 0.0, 0.0), direction=rot))
+    assert found == [] and ev["rule_scores"]["pet_mumap_offset"] < 0.2

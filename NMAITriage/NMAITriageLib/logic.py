@@ -168,7 +168,7 @@ class NMAITriageLogic(ModuleLogic):
         :param lesionModel: lesion scorer folder or name (default: the shipped ``triage-lesions`` if installed);
             without one no lesion candidates are searched.
         :param threshold: list lesion candidates with probability >= it (0-1).
-        :param rulesOnly: no networks: μ-map rules only (no classifier, no lesion candidates).
+        :param rulesOnly: no networks: image-noise and μ-map rules only (no classifier, no lesion candidates).
         :param wait: True: run here; return the alarm (``"ok"``, ``"check"`` or ``"repeat"``), the report in
             ``lastReport`` and the NEW nodes in ``lastNodes`` (``table``, ``points``, ``segmentation`` when there
             are candidates). False: run in a child process and return a

@@ -40,8 +40,8 @@ def add_parser(sub):
     f.set_defaults(func=run_frames)
     i = tsub.add_parser("image", help="triage report of a PET image: artifacts, alarm, lesion candidates",
                         description="Triage report of a reconstructed PET (also: nmai triage PET ...): the artifact "
-                                    "classifier (PET, with the μ-map or CT when given), μ-map rules (truncation, "
-                                    "voids), raw-data findings per frame when --acquisition is given, and lesion "
+                                    "classifier (PET, with the μ-map or CT when given), an image-noise rule (too "
+                                    "few counts), μ-map rules (truncation, voids), raw-data findings per frame when --acquisition is given, and lesion "
                                     "candidates scored by the lesion CNN. Alarm: ok, check (look, fix the "
                                     "μ-map and reconstruct) or repeat (repeat/extend the scan).")
     i.add_argument("pet", metavar="PET", help="PET volume (NIfTI/NRRD with sidecar, or a DICOM series folder)")
@@ -58,7 +58,7 @@ def add_parser(sub):
                    help="lesion-candidate scorer (default: the shipped triage-lesions when installed)")
     i.add_argument("--threshold", type=float, default=0.5, metavar="P",
                    help="report lesion candidates with probability >= P (default 0.5)")
-    i.add_argument("--rules-only", action="store_true", help="no networks: μ-map and raw-data rules only")
+    i.add_argument("--rules-only", action="store_true", help="no networks: image-noise, μ-map and raw-data rules only")
     i.add_argument("--units", default=None, choices=["Bq/ml", "SUVbw", "SUVlbm"],
                    help="PET units when the file does not record them")
     i.set_defaults(func=run_image)

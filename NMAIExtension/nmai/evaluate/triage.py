@@ -3,9 +3,12 @@
 1. **Image-domain artifacts.** For every case seed ``seed_start + i`` (the training uses seeds ≥ 30000)
    a whole-body phantom (voxels 4.5–6.5 mm, arms in every other case) is simulated clean and with each
    artifact at the issue's *moderate* severity (:data:`MODERATE`), reconstructed with the μ-map a site
-   would have, and run through :func:`nmai.triage.image.triage_image` (classifier + μ-map rules). The score
-   of artifact A is the classifier's probability of A (for truncation and metal, the larger of it and the
-   μ-map rule's score). Per artifact, the ROC AUC separates its cases from the clean ones (and, second
+   would have, and run through :func:`nmai.triage.image.triage_image` (classifier + rules). The score
+   of artifact A is the classifier's probability of A; for truncation, metal, low counts, motion and
+   misregistration, the larger of it and the score of the rule that finds it (truncation, μ-map void,
+   noise, PET/μ-map offset for both motion and misregistration). Truncation cuts the arms with a 450 mm
+   μ-map field, narrowed in 30 mm steps until at least 1 % of the body (about a forearm) lies outside it:
+   a 450 mm field that clips a few finger voxels is not the moderate case. Per artifact, the ROC AUC separates its cases from the clean ones (and, second
    number, from every other case); the alarm rates (``check``/``repeat``) on clean and artifact scans are
    reported too.
 2. **Lesion candidates.** Whole-body phantoms (4 mm, 8 lesions of 5–30 mm at contrast 2–6, seeds
@@ -30,10 +33,24 @@ TRAINING_SEEDS_FROM = 30_000
 MODERATE = {"motion": 10.0, "respiratory": 15.0, "misregistration": 10.0, "truncation": 450.0,
             "failed_blocks": 1, "metal": 20.0, "low_counts": 0.1}
 MODERATE_TEXT = {"motion": "10 mm rigid shift half-way through the scan", "respiratory": "15 mm breathing",
-                 "misregistration": "μ-map shifted 10 mm", "truncation": "arms cut by a 450 mm μ-map field",
+                 "misregistration": "μ-map shifted 10 mm",
+                 "truncation": "arms cut by a 450 mm μ-map field (narrower until ≥ 1 % of the body is cut)",
                  "failed_blocks": "one dead block", "metal": "hip implant with a 20 mm μ-map void",
                  "low_counts": "10 % of the counts"}
-RULE_TYPES = {"truncation": "truncation", "metal": "mumap_void"}
+RULE_TYPES = {"truncation": "truncation", "metal": "mumap_void", "low_counts": "low_counts",
+              "motion": "pet_mumap_offset", "misregistration": "pet_mumap_offset"}
+MIN_TRUNCATED_PERCENT = 1.0
+
+
+def _moderate_truncation(ph):
+    from ..sim import artifacts as art
+
+    fov = MODERATE["truncation"]
+    while True:
+        case = art.truncation(ph, fov)     # raises when nothing of the body lies outside
+        if case.truth["severity"] >= MIN_TRUNCATED_PERCENT or fov <= 300:
+            return case
+        fov -= 30.0
 
 
 def roc_auc(positive, negative) -> float | None:
@@ -73,7 +90,7 @@ def _artifact_cases(seed: int, quick: bool, classifier, progress) -> list[dict]:
               "motion": lambda: art.patient_motion(ph, MODERATE["motion"], direction),
               "respiratory": lambda: art.respiratory(ph, MODERATE["respiratory"]),
               "misregistration": lambda: art.misregistration(ph, MODERATE["misregistration"], direction),
-              "truncation": lambda: art.truncation(ph, MODERATE["truncation"]),
+              "truncation": lambda: _moderate_truncation(ph),
               "failed_blocks": lambda: art.failed_blocks(ph, (int(rng.integers(0, 56)),)),
               "metal": lambda: art.metal(ph, MODERATE["metal"]),
               "low_counts": lambda: art.low_counts(ph, MODERATE["low_counts"])}
@@ -88,10 +105,12 @@ def _artifact_cases(seed: int, quick: bool, classifier, progress) -> list[dict]:
         _, recon = art.simulate_case(case, seed=seed, iterations=2 if quick else 3, subsets=14)
         rep = triage_image(recon, mumap=case.mumap_recon, classifier=classifier, lesion_model=None)
         probs = dict(rep["classifier"]["probabilities"]) if rep["classifier"] else {}
+        rule_scores = rep["evidence"].get("rule_scores", {})
         for a_type, rule in RULE_TYPES.items():
-            rule_score = max((a["probability"] for a in rep["artifacts"] if a["type"] == rule), default=0.0)
-            probs[a_type] = max(probs.get(a_type, 0.0), rule_score)
-        out.append({"seed": seed, "kind": kind, "voxel_mm": round(voxel, 2), "alarm": rep["alarm"],
+            probs[a_type] = max(probs.get(a_type, 0.0), rule_scores.get(rule, 0.0))
+        out.append({"seed": seed, "kind": kind, "voxel_mm": round(voxel, 2),
+                    "severity": case.truth.get("severity"), "severity_unit": case.truth.get("severity_unit"),
+                    "alarm": rep["alarm"],
                     "scores": {k: round(float(v), 4) for k, v in probs.items()},
                     "found": [a["type"] for a in rep["artifacts"]]})
     return out
