@@ -115,6 +115,38 @@ def test_classifier_helpers():
     assert alarm_level([0.1, 0.3]) == "ok" and alarm_level([0.55]) == "check" and alarm_level([0.85]) == "repeat"
 
 
+def test_calibration_maps_each_threshold_to_half_and_keeps_the_order():
+    from nmai.triage.classifier import calibrated
+    from nmai.triage.training import threshold_between
+
+    for t in (0.5, 0.7, 0.9):
+        assert calibrated(t, t) == pytest.approx(0.5) and calibrated(0.0, t) == 0 and calibrated(1.0, t) == 1
+        p = np.linspace(0, 1, 101)
+        assert np.all(np.diff([calibrated(x, t) for x in p]) > 0)
+    assert calibrated(0.3, 0.5) == pytest.approx(0.3) and calibrated(0.8, 0.5) == pytest.approx(0.8)
+    # separated: midway; overlapping: just above the clean maximum; never below 0.5 or above 0.99
+    assert threshold_between([0.2, 0.6], [0.9, 0.95]) == pytest.approx(0.75)
+    assert threshold_between([0.2, 0.7], [0.6, 0.95]) == pytest.approx(0.72)
+    assert threshold_between([0.1], [0.3]) == 0.5 and threshold_between([0.995], [0.2]) == 0.99
+
+
+def test_trained_classifier_carries_its_calibration(triage_models):
+    from nmai.models.card import read_card
+    from nmai.triage.classifier import ARTIFACTS, calibrated, classify_artifacts
+
+    cal = read_card(triage_models["artifacts"])["calibration"]
+    assert cal["seeds"] == [36000, 36000] and set(cal["thresholds"]) == {"with_mumap", "pet_only"}
+    assert all(set(t) == set(ARTIFACTS) and all(0.5 <= v <= 0.99 for v in t.values())
+               for t in cal["thresholds"].values())
+    assert cal["cases"]["none"] == 1 and cal["cases"]["motion"] == 1
+    vol, _ = sphere_phantom()
+    res = classify_artifacts(vol, None, triage_models["artifacts"])
+    assert res["calibrated"]
+    for a in res["artifacts"]:
+        assert a["threshold"] == pytest.approx(cal["thresholds"]["pet_only"][a["type"]], abs=1e-4)
+        assert a["probability"] == pytest.approx(calibrated(a["network_probability"], a["threshold"]), abs=1e-3)
+
+
 def test_slice_labels_follow_the_truth_through_the_6mm_grid():
     from nmai.triage.classifier import to_grid
     from nmai.triage.training import slice_labels

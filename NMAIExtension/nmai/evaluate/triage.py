@@ -4,13 +4,13 @@
    a whole-body phantom (voxels 4.5–6.5 mm, arms in every other case) is simulated clean and with each
    artifact at the issue's *moderate* severity (:data:`MODERATE`), reconstructed with the μ-map a site
    would have, and run through :func:`nmai.triage.image.triage_image` (classifier + rules). The score
-   of artifact A is the classifier's probability of A; for truncation, metal, low counts, motion and
+   of artifact A is the classifier's score for A; for truncation, metal, low counts, motion and
    misregistration, the larger of it and the score of the rule that finds it (truncation, μ-map void,
    noise, PET/μ-map offset for both motion and misregistration). Truncation cuts the arms with a 450 mm
    μ-map field, narrowed in 30 mm steps until at least 1 % of the body (about a forearm) lies outside it:
-   a 450 mm field that clips a few finger voxels is not the moderate case. Per artifact, the ROC AUC separates its cases from the clean ones (and, second
-   number, from every other case); the alarm rates (``check``/``repeat``) on clean and artifact scans are
-   reported too.
+   a 450 mm field that clips a few finger voxels is not the moderate case. Per artifact, the ROC AUC
+   separates its cases from the clean ones (second number: from every other case; third: the classifier
+   alone against the clean ones); the alarms on clean scans are reported too.
 2. **Lesion candidates.** Whole-body phantoms (4 mm, 8 lesions of 5–30 mm at contrast 2–6, seeds
    ``seed_start + 500 + i``), one 180 s acquisition each, OSEM 3 × 14 with PSF, then
    :func:`nmai.triage.lesions.detect_lesions` with every candidate scored. A candidate hits a lesion when a
@@ -76,11 +76,14 @@ def froc(scores: list[np.ndarray], hits: list[np.ndarray], n_lesions: int, n_sca
     return points
 
 
-def _artifact_cases(seed: int, quick: bool, classifier, progress) -> list[dict]:
+def artifact_scans(seed: int, quick: bool = False, progress=None):
+    """For one phantom seed: ``(kind, case, recon, voxel_mm)`` for the clean scan and each artifact at its
+    moderate severity (``case`` is the NMAIError text and ``recon`` None when the phantom cannot have it,
+    e.g. no arms to truncate). Shared by the evaluation and the classifier's calibration."""
     from ..sim import make_phantom
     from ..sim import artifacts as art
-    from ..triage.image import triage_image
 
+    progress = as_progress(progress)
     rng = np.random.default_rng(np.random.SeedSequence([seed, 51]))
     voxel = 8.0 if quick else float(rng.uniform(4.5, 6.5))
     ph = make_phantom("wholebody", seed=seed, voxel_mm=voxel, arms=(seed % 2 == 0) or quick, mr=False,
@@ -94,17 +97,28 @@ def _artifact_cases(seed: int, quick: bool, classifier, progress) -> list[dict]:
               "failed_blocks": lambda: art.failed_blocks(ph, (int(rng.integers(0, 56)),)),
               "metal": lambda: art.metal(ph, MODERATE["metal"]),
               "low_counts": lambda: art.low_counts(ph, MODERATE["low_counts"])}
-    out = []
     for n, (kind, make) in enumerate(makers.items()):
         progress(n / len(makers), f"seed {seed}: {kind}")
         try:
             case = make()
         except NMAIError as exc:      # e.g. no arms to truncate
-            out.append({"seed": seed, "kind": kind, "skipped": str(exc)})
+            yield kind, str(exc), None, voxel
             continue
         _, recon = art.simulate_case(case, seed=seed, iterations=2 if quick else 3, subsets=14)
+        yield kind, case, recon, voxel
+
+
+def _artifact_cases(seed: int, quick: bool, classifier, progress) -> list[dict]:
+    from ..triage.image import triage_image
+
+    out = []
+    for kind, case, recon, voxel in artifact_scans(seed, quick, progress):
+        if recon is None:
+            out.append({"seed": seed, "kind": kind, "skipped": case})
+            continue
         rep = triage_image(recon, mumap=case.mumap_recon, classifier=classifier, lesion_model=None)
-        probs = dict(rep["classifier"]["probabilities"]) if rep["classifier"] else {}
+        learned = dict(rep["classifier"]["probabilities"]) if rep["classifier"] else {}
+        probs = dict(learned)
         rule_scores = rep["evidence"].get("rule_scores", {})
         for a_type, rule in RULE_TYPES.items():
             probs[a_type] = max(probs.get(a_type, 0.0), rule_scores.get(rule, 0.0))
@@ -112,6 +126,7 @@ def _artifact_cases(seed: int, quick: bool, classifier, progress) -> list[dict]:
                     "severity": case.truth.get("severity"), "severity_unit": case.truth.get("severity_unit"),
                     "alarm": rep["alarm"],
                     "scores": {k: round(float(v), 4) for k, v in probs.items()},
+                    "classifier_scores": {k: round(float(v), 4) for k, v in learned.items()},
                     "found": [a["type"] for a in rep["artifacts"]]})
     return out
 
@@ -166,6 +181,8 @@ def evaluate_triage(*, cases: int = 8, seed_start: int = 200, model=None, lesion
             "severity": MODERATE_TEXT[a], "cases": len(pos),
             "auc_vs_clean": roc_auc(pos, [c["scores"][a] for c in clean]),
             "auc_vs_all_others": roc_auc(pos, [c["scores"][a] for c in done if c["kind"] != a]),
+            "auc_vs_clean_classifier_only": roc_auc([c["classifier_scores"].get(a, 0.0) for c in done if c["kind"] == a],
+                                                    [c["classifier_scores"].get(a, 0.0) for c in clean]),
             "flagged": sum(1 for c in done if c["kind"] == a and ({a, RULE_TYPES.get(a)} & set(c["found"]))),
             "mean_score": float(np.mean(pos)) if pos else None}
     alarms_clean = {lvl: sum(c["alarm"] == lvl for c in clean) for lvl in ("ok", "check", "repeat")}

@@ -9,7 +9,16 @@ mean and five of the μ-map (cm⁻¹ / 0.1; all zero when none is given) — and
 probabilities, and the affected slice range is the run of slices whose probability exceeds 0.5 around the
 most probable one (reported on the input's own slice indices).
 
-Alarm: ``repeat`` when any artifact's probability ≥ 0.8, ``check`` when any is ≥ 0.5, otherwise ``ok``.
+**Calibration.** The training set is seven eighths artifacts and a scan's probability is a maximum over
+slices, so a clean scan can read 0.5–0.6. A model card may carry ``calibration.thresholds`` (per input mode,
+``with_mumap`` or ``pet_only``, per artifact): the network probability at which the artifact is listed,
+set after training on simulated scans of seeds the training and the evaluation never use
+(:func:`nmai.triage.training.calibrate_artifact_model`). Each artifact's reported ``probability`` is the
+network's probability mapped piecewise linearly so that its threshold lands on 0.5 (0 → 0, 1 → 1): a
+score on the same scale as the rules', monotone, so rankings and AUCs are those of the network. Without
+calibration the threshold is 0.5 and the score is the probability.
+
+Alarm: ``repeat`` when any artifact's score ≥ 0.8, ``check`` when any is ≥ 0.5, otherwise ``ok``.
 """
 
 from __future__ import annotations
@@ -61,6 +70,17 @@ def scan_probabilities(slice_probs: np.ndarray) -> np.ndarray:
     return np.sort(slice_probs, axis=0)[-3:].mean(axis=0)
 
 
+def calibrated(p: float, threshold: float) -> float:
+    """Network probability → score with ``threshold`` at 0.5 (piecewise linear, 0 → 0, 1 → 1)."""
+    t = min(max(float(threshold), 1e-3), 1 - 1e-3)
+    return 0.5 * p / t if p < t else 0.5 + 0.5 * (p - t) / (1.0 - t)
+
+
+def thresholds_of(card: dict, with_mumap: bool) -> dict:
+    mode = "with_mumap" if with_mumap else "pet_only"
+    return dict(card.get("calibration", {}).get("thresholds", {}).get(mode, {}))
+
+
 def slice_range(p: np.ndarray) -> list[int]:
     """The run of slices with p > 0.5 around the most probable slice ([k, k] when none exceeds 0.5)."""
     k = int(np.argmax(p))
@@ -108,16 +128,20 @@ def classify_artifacts(pet: Volume, mumap: Volume | None, model, progress=None) 
     with torch.no_grad():
         probs = torch.sigmoid(loaded.module(torch.from_numpy(x))).numpy()
     scan = scan_probabilities(probs)
+    thresholds = thresholds_of(loaded.card, mumap is not None)
     # slice k of the 6 mm grid -> the input's slice index (through the physical position of its centre)
     to_input = np.linalg.inv(pet.index_to_lps()) @ grid.index_to_lps()
     cj, ci = (grid.shape[1] - 1) / 2.0, (grid.shape[2] - 1) / 2.0
     k_of = lambda k: int(np.clip(np.round((to_input @ [ci, cj, k, 1.0])[2]), 0, pet.shape[0] - 1))  # noqa: E731
     artifacts = []
     for a, name in enumerate(ARTIFACTS):
-        lo, hi = slice_range(probs[:, a])
-        artifacts.append({"type": name, "probability": round(float(scan[a]), 4),
+        t = float(thresholds.get(name, CHECK))
+        lo, hi = slice_range(0.5 * probs[:, a] / t)      # > 0.5: above the artifact's threshold
+        artifacts.append({"type": name, "probability": round(calibrated(float(scan[a]), t), 4),
+                          "network_probability": round(float(scan[a]), 4), "threshold": round(t, 4),
                           "slice_range": sorted((k_of(lo), k_of(hi)))})
     artifacts.sort(key=lambda d: -d["probability"])
     progress(1.0, "artifact triage done")
-    return {"alarm": alarm_level(scan), "artifacts": artifacts, "with_mumap": mumap is not None,
+    return {"alarm": alarm_level([a["probability"] for a in artifacts]), "artifacts": artifacts,
+            "with_mumap": mumap is not None, "calibrated": bool(thresholds),
             "model": {"name": loaded.name, "sha256": loaded.sha256}}

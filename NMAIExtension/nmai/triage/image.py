@@ -5,7 +5,8 @@ Three sources of artifact findings, each listed with ``type``, ``probability``, 
 ``source`` and a ``message`` that says what to do:
 
 * the learned slice classifier (:mod:`nmai.triage.classifier`, model ``triage-artifacts``): motion,
-  respiratory, misregistration, truncation, failed_blocks, metal, low_counts, listed at probability ≥ 0.5;
+  respiratory, misregistration, truncation, failed_blocks, metal, low_counts, listed at score ≥ 0.5 (the
+  network probability mapped so that the model card's calibrated threshold lands on 0.5);
   ``repeat`` at ≥ 0.8 for what only a new acquisition fixes (motion, failed blocks, low counts), ``check``
   otherwise (attenuation problems are fixed by correcting the μ-map and reconstructing again);
 * μ-map rules (below) and raw-data findings (:mod:`nmai.triage.raw`), when the μ-map / acquisition is given;
@@ -296,7 +297,7 @@ def _registered(name: str):
 
 
 def classifier_findings(pet: Volume, mu: Volume | None, model) -> tuple[list, dict]:
-    """The learned classifier's artifacts (probability ≥ 0.5) and every probability."""
+    """The learned classifier's artifacts (score ≥ 0.5) and every score and network probability."""
     from .classifier import REPEAT, classify_artifacts
 
     res = classify_artifacts(pet, mu, model)
@@ -308,7 +309,9 @@ def classifier_findings(pet: Volume, mu: Volume | None, model) -> tuple[list, di
         found.append({**a, "alarm": alarm if a["probability"] >= REPEAT else "check", "source": "image classifier",
                       "message": message})
     return found, {"probabilities": {a["type"]: a["probability"] for a in res["artifacts"]},
-                   "with_mumap": res["with_mumap"], "model": res["model"]}
+                   "network_probabilities": {a["type"]: a["network_probability"] for a in res["artifacts"]},
+                   "thresholds": {a["type"]: a["threshold"] for a in res["artifacts"]},
+                   "calibrated": res["calibrated"], "with_mumap": res["with_mumap"], "model": res["model"]}
 
 
 def triage_image(pet, *, mumap=None, ct=None, acquisition=None, classifier="auto", lesion_model="auto",

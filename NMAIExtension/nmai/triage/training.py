@@ -1,10 +1,11 @@
 """Training the triage models on simulated phantoms (``nmai train triage --model artifacts|lesions``).
 
 * ``artifacts`` (``triage-artifacts``): whole-body phantoms (seeds 30000+, voxels 4.5–6.5 mm, scan 90–300
-  s, OSEM 2–4 iterations), 30 % clean and 70 % with one artifact from :mod:`nmai.sim.artifacts` at a
-  random severity spanning mild to severe (misregistration and motion 3–25 mm in a random direction,
-  breathing 8–30 mm, arms truncated by a 380–520 mm μ-map field, 1–3 dead blocks anywhere on the ring,
-  metal voids of 8–30 mm, 3–20 % of the counts). Slices are labelled from the exact ground truth (the slices
+  s, OSEM 2–4 iterations), one eighth clean and the rest with one artifact from :mod:`nmai.sim.artifacts`
+  (each type equally often) at a random severity from just visible to severe (misregistration and motion
+  5–25 mm in a random direction, breathing 10–30 mm, arms truncated by a 380–520 mm μ-map field, 1–3 dead
+  blocks anywhere on the ring that failed after the last normalisation, metal voids of 8–30 mm, 3–15 % of
+  the counts). Slices are labelled from the exact ground truth (the slices
   an artifact touches). Every other training case drops the μ-map, so the classifier also works on PET
   alone. Loss: binary cross-entropy per artifact (multi-label), batches half slices with an artifact.
 * ``lesions`` (``triage-lesions``): whole-body phantoms (seeds 40000+, voxels 3–5 mm, 4–11 lesions of
@@ -28,7 +29,9 @@ from . import classifier as img_mod
 from . import lesions as les_mod
 
 SEEDS = {"artifacts": 30_000, "lesions": 40_000}
+CALIBRATION_SEEDS_FROM = 36_000      # artifact classifier thresholds; never trained or evaluated on
 NAMES = {"artifacts": "triage-artifacts", "lesions": "triage-lesions"}
+VERSIONS = {"artifacts": "0.2.0", "lesions": "0.1.0"}   # artifacts 0.2: 320 balanced phantoms, calibrated
 
 
 @dataclass(frozen=True)
@@ -36,14 +39,15 @@ class Preset:
     cases: dict
     steps: dict
     batch: int
+    calibration_phantoms: int
     features: tuple
     voxel_mm: dict
 
 
 PRESETS = {
-    "shipped": Preset(cases={"artifacts": 72, "lesions": 30}, steps={"artifacts": 2500, "lesions": 2000}, batch=32,
+    "shipped": Preset(cases={"artifacts": 320, "lesions": 30}, steps={"artifacts": 10000, "lesions": 2000}, batch=32, calibration_phantoms=8,
                       features=(16, 32, 64, 128), voxel_mm={"artifacts": (4.5, 6.5), "lesions": (3.0, 5.0)}),
-    "quick": Preset(cases={"artifacts": 2, "lesions": 1}, steps={"artifacts": 3, "lesions": 3}, batch=4,
+    "quick": Preset(cases={"artifacts": 2, "lesions": 1}, steps={"artifacts": 3, "lesions": 3}, batch=4, calibration_phantoms=1,
                     features=(4, 8), voxel_mm={"artifacts": (8.0, 9.0), "lesions": (7.0, 8.0)}),
 }
 
@@ -53,14 +57,15 @@ def draw_artifact(rng: np.random.Generator, ph):
     """A random artifact case for phantom ``ph`` (see the module docstring for the ranges)."""
     from ..sim import artifacts as art
 
-    kind = "none" if rng.random() < 0.3 else art.ARTIFACTS[int(rng.integers(len(art.ARTIFACTS)))]
+    kind = ("none",) + art.ARTIFACTS
+    kind = kind[int(rng.integers(len(kind)))]
     direction = np.eye(3)[int(rng.integers(3))] * rng.choice([-1.0, 1.0])
     if kind == "motion":
-        return art.patient_motion(ph, float(rng.uniform(3, 25)), direction)
+        return art.patient_motion(ph, float(rng.uniform(5, 25)), direction)
     if kind == "respiratory":
-        return art.respiratory(ph, float(rng.uniform(8, 30)))
+        return art.respiratory(ph, float(rng.uniform(10, 30)))
     if kind == "misregistration":
-        return art.misregistration(ph, float(rng.uniform(3, 25)), direction)
+        return art.misregistration(ph, float(rng.uniform(5, 25)), direction)
     if kind == "truncation":
         for fov in (float(rng.uniform(380, 520)), 380.0, 330.0):
             try:
@@ -74,7 +79,7 @@ def draw_artifact(rng: np.random.Generator, ph):
     if kind == "metal":
         return art.metal(ph, float(rng.uniform(8, 30)))
     if kind == "low_counts":
-        return art.low_counts(ph, float(rng.uniform(0.03, 0.2)))
+        return art.low_counts(ph, float(rng.uniform(0.03, 0.15)))
     return art.clean(ph)
 
 
@@ -112,15 +117,26 @@ def make_artifact_case(seed: int, preset: Preset) -> dict:
 
 class SliceBatches:
     """Random 2.5-D slices of the artifact cases, half of them with an artifact label; μ-map dropped for
-    every other case (fixed per case and step), random left-right flips."""
+    every other case (fixed per case and step), random left-right flips. Cases are kept as float16 volumes
+    and the context slices are cut per batch (the stacked inputs of 300 cases would not fit in memory)."""
 
     def __init__(self, cases, batch: int):
         self.batch = batch
-        self.x = [np.ascontiguousarray(img_mod.prepare(c["pet"].astype(np.float32), c["mu"].astype(np.float32)))
-                  for c in cases]
+        self.vol = []
+        for c in cases:
+            pet = np.maximum(c["pet"].astype(np.float32), 0)
+            body = pet > 0.05 * float(np.percentile(pet, 99.5))
+            pet /= max(float(pet[body].mean()) if body.any() else 1.0, 1e-12)
+            self.vol.append(np.stack([pet, c["mu"].astype(np.float32) / img_mod.MU_SCALE]).astype(np.float16))
         self.y = [c["y"] for c in cases]
         self.pos = [(i, k) for i, y in enumerate(self.y) for k in np.flatnonzero(y.any(axis=1))]
         self.all = [(i, k) for i, y in enumerate(self.y) for k in range(len(y))]
+
+    def input(self, i: int, k: int) -> np.ndarray:
+        """The (C, FIELD, FIELD) input of slice k of case i, as :func:`nmai.triage.classifier.prepare` makes it."""
+        v = self.vol[i]
+        ks = np.clip(np.arange(k - img_mod.CONTEXT, k + img_mod.CONTEXT + 1), 0, v.shape[1] - 1)
+        return v[:, ks].reshape(-1, *v.shape[2:]).astype(np.float32)
 
     def __call__(self, step, rng):
         import torch
@@ -129,7 +145,7 @@ class SliceBatches:
         for b in range(self.batch):
             pool = self.pos if (b % 2 == 0 and self.pos) else self.all
             i, k = pool[int(rng.integers(len(pool)))]
-            x = self.x[i][k].copy()
+            x = self.input(i, k)
             if rng.random() < 0.5:  # PET alone: no μ-map
                 x[2 * img_mod.CONTEXT + 1:] = 0.0
             if rng.random() < 0.5:
@@ -290,10 +306,64 @@ def train_triage(model: str, out_dir, *, preset: str = "shipped", cache_dir=None
                    "3-D patch classifier (24³ voxels at 4 mm around a hot spot): probability that a PET hot spot "
                    "is a lesion rather than physiological uptake or noise")
     card = new_card(name=NAMES[model], task="triage", network=network, network_data_format=data_format(model),
-                    training=training, version="0.1.0", description=description,
+                    training=training, version=VERSIONS[model], description=description,
                     intended_use="research only; a second look, never a diagnosis — trained on simulated phantoms; "
                                  "retrain with `nmai train triage` on your scanner's data",
                     data_source=f"NMAI simulator whole-body phantoms, seeds {seeds.start}-{seeds.stop - 1}")
     save_model(module, folder, card)
+    calibration = None
+    if model == "artifacts":
+        calibration = calibrate_artifact_model(folder, phantoms=p.calibration_phantoms, quick=preset == "quick",
+                                               progress=progress.sub(0.98, 1.0))
     progress(1.0, f"saved {folder}")
-    return {"folder": str(folder), "training": training}
+    return {"folder": str(folder), "training": training, "calibration": calibration}
+
+
+def threshold_between(negative, positive) -> float:
+    """Listing threshold from validation scores: midway between the highest clean score and the lowest
+    artifact score when they separate, else just above the highest clean score; never below 0.5."""
+    hi_neg = max(negative, default=0.0)
+    lo_pos = min(positive, default=1.0)
+    t = 0.5 * (hi_neg + lo_pos) if lo_pos > hi_neg else hi_neg + 0.02
+    return round(float(min(max(t, 0.5), 0.99)), 4)
+
+
+def calibrate_artifact_model(folder, *, phantoms: int = 8, quick: bool = False, progress=None) -> dict:
+    """Set the artifact classifier's per-artifact listing thresholds (``calibration`` in its card) from
+    simulated scans of seeds 36000+ (clean and each artifact at the evaluation's moderate severity), with
+    and without the μ-map. The weights, and so the sha256, do not change; the card is rewritten atomically."""
+    from ..evaluate.triage import artifact_scans
+    from ..io import write_json
+    from ..models import load_model
+    from ..models.card import card_path, read_card
+    from .classifier import classify_artifacts
+
+    progress = as_progress(progress)
+    loaded = load_model(folder, device="cpu")
+    seeds = list(range(CALIBRATION_SEEDS_FROM, CALIBRATION_SEEDS_FROM + phantoms))
+    scores = {"with_mumap": {}, "pet_only": {}}          # mode -> kind -> [{artifact: p}]
+    for n, seed in enumerate(seeds):
+        for kind, case, recon, _ in artifact_scans(seed, quick, progress.sub(n / len(seeds), (n + 1) / len(seeds))):
+            if recon is None:
+                continue
+            for mode, mu in (("with_mumap", case.mumap_recon), ("pet_only", None)):
+                res = classify_artifacts(recon, mu, loaded)
+                scores[mode].setdefault(kind, []).append({a["type"]: a["network_probability"] for a in res["artifacts"]})
+    def clean_and_artifact(by, a):
+        return [c[a] for c in by.get("none", [])], [c[a] for c in by.get(a, [])]
+
+    thresholds = {mode: {a: threshold_between(*clean_and_artifact(by, a)) for a in img_mod.ARTIFACTS}
+                  for mode, by in scores.items()}
+    ranges = {mode: {a: [round(max(neg, default=0.0), 4), round(min(pos, default=1.0), 4)]
+                     for a in img_mod.ARTIFACTS for neg, pos in [clean_and_artifact(by, a)]}
+              for mode, by in scores.items()}
+    calibration = {"method": "per-artifact listing threshold: midway between the highest clean and the lowest "
+                             "artifact network probability (else just above the highest clean), at least 0.5",
+                   "seeds": [seeds[0], seeds[-1]], "phantoms": phantoms, "quick": quick,
+                   "cases": {k: len(v) for k, v in scores["with_mumap"].items()}, "thresholds": thresholds,
+                   "highest_clean_lowest_artifact": ranges}
+    card = read_card(folder)
+    card["calibration"] = calibration
+    write_json(card_path(folder), card)
+    read_card(folder)          # still a valid card
+    return calibration
