@@ -19,8 +19,9 @@ def add_parser(sub):
                    help="denoise: low-count denoiser (cnn), adversarial denoiser (gan, starts from a trained "
                         "cnn) or large-crystal super-resolution (sr); default cnn")
     p.add_argument("--model", choices=["artifacts", "lesions"], default="artifacts",
-                   help="triage: the image-domain artifact classifier or the lesion-candidate scorer "
-                        "(default artifacts)")
+                   help="triage: the image-domain artifact classifier (then calibrated: its listing "
+                        "thresholds are set on simulated phantoms of seeds 36000+, written to its card) or "
+                        "the lesion-candidate scorer (default artifacts)")
     p.add_argument("--init", metavar="PATH|NAME", default=None,
                    help="denoise --method gan: the trained cnn to start from (default: the shipped denoise-cnn)")
     p.add_argument("--cache", metavar="DIR", default=None,

@@ -243,7 +243,7 @@ def write_figure(path, curve: list[dict], artifacts: dict) -> None:
     b.bar(range(len(names)), [artifacts[n]["auc_vs_clean"] or 0 for n in names])
     b.axhline(0.95, ls=":", c="grey")
     b.set_xticks(range(len(names)), names, rotation=40, ha="right")
-    b.set(ylabel="AUC vs clean scans", ylim=(0, 1.02), title="artifact classifier, moderate severity")
+    b.set(ylabel="AUC vs clean scans", ylim=(0, 1.02), title="image triage (classifier + rules), moderate severity")
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=100, format="png")
