@@ -30,16 +30,17 @@ in ``evidence["rule_scores"]``):
   cut off are not voids), wide enough for a 30 mm disc in some slice (a void around an implant is 40–60
   mm across; the slivers between arms and trunk, the airways and small gas pockets are narrower), whose mean
   PET is > 0.05 × the body uptake (under a void the PET reads only 0.09–0.16 × the body uptake, because
-  the missing attenuation is not corrected); threshold 100 ml. Airways and bowel gas are such regions too:
-  on the simulated phantoms they stay below 55 ml, in a patient's CT-based μ-map bowel gas can exceed the
-  threshold.
+  the missing attenuation is not corrected); threshold 100 ml. On seeds 36000–36007: clean scans 0 ml, a
+  20 mm void 320–385 ml. In a patient's CT-based μ-map a large bowel-gas pocket could exceed the threshold.
 * **PET/μ-map offset** (μ-map; motion or misregistration): the shift that best moves the μ-map's body
   outline (μ > 0.01 cm⁻¹, blurred by 5 mm) onto the PET's (PET smoothed by 3 mm, ÷ 0.2 × the body uptake,
-  clipped to 1), by three Gauss–Newton (Lucas–Kanade) steps over the whole volume, leaving out the first and
-  last slice (the body is cut there, not outlined) and the surroundings of hot organs (> 3 × the body uptake:
-  their spill widens the PET outline); threshold 1.7 mm. On seeds 36000–36007: clean scans 0.1–1.0 mm, a
-  patient who moved 10 mm half-way 2.4–4.9 mm, a μ-map shifted 10 mm 5–7 mm (the PET's own outline partly
-  follows the μ-map: the uncovered rim is under-corrected). The rule cannot tell motion from
+  clipped to 1), by three Gauss–Newton (Lucas–Kanade) steps, leaving out the first and last slice (the body
+  is cut there, not outlined) and the surroundings of hot organs (> 3 × the body uptake: their spill widens
+  the PET outline). In-plane the fit also estimates how far the PET outline lies outside the μ-map's all
+  round; along z it runs only where ≥ 5 % of the outline signal faces up or down (head, shoulders; a slab
+  of trunk has too little to tell a shift from the body's change of width). Threshold 1.7 mm. On seeds
+  36000–36007: clean scans 0.1–1.0 mm, a patient who moved 10 mm half-way 2.4–4.9 mm, a μ-map shifted
+  10 mm 5.7–8.0 mm (the PET's own outline partly follows the μ-map: the uncovered rim is under-corrected). The rule cannot tell motion from
   misregistration; the classifier's probabilities and the raw data can.
 * **raw data** (acquisition folder): every frame through :func:`nmai.triage.raw.watch_frames`; failed
   blocks, count-rate changes and motion are listed with the frames they were found in.
