@@ -57,8 +57,8 @@ def draw_artifact(rng: np.random.Generator, ph):
     """A random artifact case for phantom ``ph`` (see the module docstring for the ranges)."""
     from ..sim import artifacts as art
 
-    kind = ("none",) + art.ARTIFACTS
-    kind = kind[int(rng.integers(len(kind)))]
+    kinds = ("none",) + art.ARTIFACTS
+    kind = kinds[int(rng.integers(len(kinds)))]
     direction = np.eye(3)[int(rng.integers(3))] * rng.choice([-1.0, 1.0])
     if kind == "motion":
         return art.patient_motion(ph, float(rng.uniform(5, 25)), direction)
@@ -349,6 +349,7 @@ def calibrate_artifact_model(folder, *, phantoms: int = 8, quick: bool = False, 
             for mode, mu in (("with_mumap", case.mumap_recon), ("pet_only", None)):
                 res = classify_artifacts(recon, mu, loaded)
                 scores[mode].setdefault(kind, []).append({a["type"]: a["network_probability"] for a in res["artifacts"]})
+
     def clean_and_artifact(by, a):
         return [c[a] for c in by.get("none", [])], [c[a] for c in by.get(a, [])]
 
