@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -217,3 +219,14 @@ def test_evaluate_triage_quick_cli(triage_models, tmp_path):
                                    "metal", "low_counts"}
     assert r["lesions"]["scans"] == 1 and 0.0 <= r["lesions"]["sensitivity_at_1fp_per_scan"] <= 1.0
     assert "lesions:sensitivity_at_1fp" in r["targets"]
+
+
+def test_bench_triage_quick_writes_its_json(tmp_path):
+    from nmai.cli import main
+
+    out = tmp_path / "bench.json"
+    assert main(["--threads", "1", "bench", "triage", "--quick", "--json", str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert r["target"] == "triage" and r["problem"]["quick"] and r["triage_s"] > 0
+    assert r["report"]["alarm"] in ("ok", "check", "repeat") and r["models"]["artifacts"]["name"] == "triage-artifacts"
+    assert r["goals"]["time_met"] == (r["triage_s"] <= r["goals"]["triage_s_max"])
