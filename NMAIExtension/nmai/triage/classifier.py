@@ -54,11 +54,17 @@ def centre(a: np.ndarray) -> np.ndarray:
     return out
 
 
-def prepare(pet: np.ndarray, mumap: np.ndarray | None) -> np.ndarray:
-    """(Z, C, FIELD, FIELD) network inputs of a PET (and μ-map) already centred on the 6 mm grid."""
+def normalise_pet(pet: np.ndarray) -> np.ndarray:
+    """PET ÷ its body mean (voxels above 5 % of the 99.5th percentile), negatives clipped: the network's PET
+    channel."""
     pet = np.maximum(pet, 0)
     body = pet > 0.05 * float(np.percentile(pet, 99.5))
-    pet = pet / max(float(pet[body].mean()) if body.any() else 1.0, 1e-12)
+    return pet / max(float(pet[body].mean()) if body.any() else 1.0, 1e-12)
+
+
+def prepare(pet: np.ndarray, mumap: np.ndarray | None) -> np.ndarray:
+    """(Z, C, FIELD, FIELD) network inputs of a PET (and μ-map) already centred on the 6 mm grid."""
+    pet = normalise_pet(pet)
     mu = np.zeros_like(pet) if mumap is None else mumap / MU_SCALE
     nz = pet.shape[0]
     ks = np.clip(np.arange(nz)[:, None] + np.arange(-CONTEXT, CONTEXT + 1)[None], 0, nz - 1)

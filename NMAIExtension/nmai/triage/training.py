@@ -122,12 +122,8 @@ class SliceBatches:
 
     def __init__(self, cases, batch: int):
         self.batch = batch
-        self.vol = []
-        for c in cases:
-            pet = np.maximum(c["pet"].astype(np.float32), 0)
-            body = pet > 0.05 * float(np.percentile(pet, 99.5))
-            pet /= max(float(pet[body].mean()) if body.any() else 1.0, 1e-12)
-            self.vol.append(np.stack([pet, c["mu"].astype(np.float32) / img_mod.MU_SCALE]).astype(np.float16))
+        self.vol = [np.stack([img_mod.normalise_pet(c["pet"].astype(np.float32)),
+                              c["mu"].astype(np.float32) / img_mod.MU_SCALE]).astype(np.float16) for c in cases]
         self.y = [c["y"] for c in cases]
         self.pos = [(i, k) for i, y in enumerate(self.y) for k in np.flatnonzero(y.any(axis=1))]
         self.all = [(i, k) for i, y in enumerate(self.y) for k in range(len(y))]
