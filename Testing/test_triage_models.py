@@ -217,6 +217,7 @@ def test_evaluate_triage_quick_cli(triage_models, tmp_path):
     assert r["quick"] and r["note"] and png.stat().st_size > 1000
     assert set(r["artifacts"]) == {"motion", "respiratory", "misregistration", "truncation", "failed_blocks",
                                    "metal", "low_counts"}
+    assert r["secondary"]["respiratory_expiration"]["cases"] == 1  # reported beside the targets, not one
     assert r["lesions"]["scans"] == 1 and 0.0 <= r["lesions"]["sensitivity_at_1fp_per_scan"] <= 1.0
     assert "lesions:sensitivity_at_1fp" in r["targets"]
 

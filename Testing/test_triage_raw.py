@@ -8,6 +8,7 @@ import time
 import numpy as np
 import pytest
 
+from nmai.errors import NMAIError
 from nmai.sim import DEFAULT_SCANNER, make_phantom, simulate_acquisition
 from nmai.sim.artifacts import ARTIFACTS, STEEL_MU, make_case, simulate_case
 from nmai.sim.phantoms import Phantom
@@ -249,8 +250,19 @@ def test_artifact_cases_state_their_truth(phantom):
     liver = (ph.labels.array == ph.label_table["liver"]).any(axis=(1, 2))
     k0, k1 = c.truth["slices"]
     assert k0 < np.flatnonzero(liver)[-1] and k1 <= np.flatnonzero(lung)[-1]
-    assert c.mumap_recon is ph.mumap and not np.array_equal(c.mumap_sim.array, mu)
+    assert np.array_equal(c.mumap_recon.array, mu) and not np.array_equal(c.mumap_sim.array, mu)  # end-expiration
     assert c.activity.array.sum() == pytest.approx(act.sum(), rel=0.01)
+
+    # μ-map at end-inspiration: the lung base (lowest lung-valued voxel over the liver) lies one amplitude lower
+    insp = make_case("respiratory", ph, 16.0, mumap_phase=0.5)
+    over_liver = (ph.labels.array == ph.label_table["liver"]).any(axis=0) & (ph.labels.array == ph.label_table["lung"]).any(axis=0)
+
+    def lung_base(m):
+        return np.flatnonzero(((m > 0.005) & (m < 0.06) & over_liver).any(axis=(1, 2)))[0]
+    assert lung_base(insp.mumap_recon.array) == lung_base(mu) - 2  # 16 mm at 8 mm slices, k up = superior
+    assert insp.truth["parameters"]["mumap_phase"] == 0.5 and np.array_equal(insp.mumap_sim.array, make_case("respiratory", ph, 16.0).mumap_sim.array)
+    with pytest.raises(NMAIError, match="mumap_phase"):
+        make_case("respiratory", ph, 16.0, mumap_phase=1.5)
 
     assert cases["failed_blocks"].scanner.failed_blocks == (10,)
     assert make_case("failed_blocks", ph, 3).scanner.failed_blocks == (10, 11, 12)

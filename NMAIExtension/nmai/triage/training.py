@@ -3,7 +3,10 @@
 * ``artifacts`` (``triage-artifacts``): whole-body phantoms (seeds 30000+, voxels 4.5–6.5 mm, scan 90–300
   s, OSEM 2–4 iterations), one eighth clean and the rest with one artifact from :mod:`nmai.sim.artifacts`
   (each type equally often) at a random severity from just visible to severe (misregistration and motion
-  5–25 mm in a random direction, breathing 10–30 mm, arms truncated by a 380–520 mm μ-map field, 1–3 dead
+  5–25 mm in a random direction, breathing 10–30 mm with the μ-map a snapshot at 35–65 % of the cycle
+  (near end-inspiration, as a deep-inspiration CT: the photopenic band over the liver dome; an
+  end-expiration μ-map lies next to the breathing-averaged PET's diaphragm and leaves only a faint hot rim
+  that is not learnable — see the README), arms truncated by a 380–520 mm μ-map field, 1–3 dead
   blocks anywhere on the ring that failed after the last normalisation, metal voids of 8–30 mm, 3–15 % of
   the counts). Slices are labelled from the exact ground truth (the slices
   an artifact touches). Every other training case drops the μ-map, so the classifier also works on PET
@@ -31,7 +34,8 @@ from . import lesions as les_mod
 SEEDS = {"artifacts": 30_000, "lesions": 40_000}
 CALIBRATION_SEEDS_FROM = 36_000      # artifact classifier thresholds; never trained or evaluated on
 NAMES = {"artifacts": "triage-artifacts", "lesions": "triage-lesions"}
-VERSIONS = {"artifacts": "0.2.0", "lesions": "0.1.0"}   # artifacts 0.2: 320 balanced phantoms, calibrated
+# artifacts 0.2: 320 balanced phantoms, calibrated; 0.3: breathing with an inspiration μ-map
+VERSIONS = {"artifacts": "0.3.0", "lesions": "0.1.0"}
 
 
 @dataclass(frozen=True)
@@ -63,7 +67,8 @@ def draw_artifact(rng: np.random.Generator, ph):
     if kind == "motion":
         return art.patient_motion(ph, float(rng.uniform(5, 25)), direction)
     if kind == "respiratory":
-        return art.respiratory(ph, float(rng.uniform(10, 30)))
+        # μ-map snapshot near end-inspiration (a deep-inspiration CT): see the module docstring
+        return art.respiratory(ph, float(rng.uniform(10, 30)), mumap_phase=float(rng.uniform(0.35, 0.65)))
     if kind == "misregistration":
         return art.misregistration(ph, float(rng.uniform(5, 25)), direction)
     if kind == "truncation":
