@@ -2,8 +2,9 @@
 
 Data (one case per whole-body phantom, seeds 20000+; evaluation uses seeds below 10000). Every case draws
 its own voxel size (3–5 mm), scanner resolution (PSF FWHM 3.5–5.5 mm), scan duration (120–300 s), OSEM
-iterations (2–4 × 14 subsets), with or without PSF modelling, lesions (3–8) and arms, so the network does
-not learn one scanner's noise texture.
+iterations (2–4 × 14 subsets), with or without PSF modelling, lesions (6–14 for cnn/gan, 3–8 for sr) and
+arms, so the network does not learn one scanner's noise texture. For cnn/gan, 30 % of the training windows
+are centred on a lesion (:class:`PairSampler`).
 
 * ``cnn`` / ``gan``: the input is the OSEM of a *thinned* acquisition (a list-mode subsample, count
   fraction log-uniform in 5–50 %, three per phantom); the target is the full-count OSEM of an
@@ -59,13 +60,15 @@ class Preset:
     voxel_mm: tuple = (3.0, 5.0)
     lr: float = 1e-3
     adversarial_weight: float = 0.02
+    lesions: tuple = (3, 9)          # lesions per cnn/gan phantom: integers in [lo, hi) (sr: always 3-8)
+    lesion_windows: float = 0.0      # share of training windows centred on a lesion (cnn, gan)
 
 
 PRESETS = {
     "shipped": Preset(cases={"cnn": 20, "gan": 20, "sr": 12}, steps={"cnn": 8000, "gan": 1200, "sr": 4000},
-                      batch=16, channels=(24, 48, 96, 192), val_cases=3),
+                      batch=16, channels=(24, 48, 96, 192), val_cases=3, lesions=(6, 15), lesion_windows=0.3),
     "quick": Preset(cases={"cnn": 1, "gan": 1, "sr": 1}, steps={"cnn": 4, "gan": 4, "sr": 4}, batch=2,
-                    channels=(4, 8, 16, 32), val_cases=1, per_case=1, voxel_mm=(6.0, 7.0)),  # tests and CI: proves the code runs, trains nothing
+                    channels=(4, 8, 16, 32), val_cases=1, per_case=1, voxel_mm=(6.0, 7.0), lesion_windows=0.5),  # tests and CI: proves the code runs, trains nothing
 }
 
 
@@ -121,7 +124,7 @@ def make_case(seed: int, method: str, preset: Preset) -> dict:
     voxel = float(rng.uniform(*preset.voxel_mm))
     p = scan_params(rng)
     phantom = make_phantom("wholebody", seed=seed, voxel_mm=voxel, arms=bool(rng.random() < 0.4),
-                           lesions=int(rng.integers(3, 9)), mr=False)
+                           lesions=int(rng.integers(*(preset.lesions if method != "sr" else (3, 9)))), mr=False)
     act, mu = phantom.activity, phantom.mumap
     if method == "sr":
         act = with_hot_points(act, rng)
@@ -145,7 +148,21 @@ def make_case(seed: int, method: str, preset: Preset) -> dict:
         s = body_scale(x)
         xs.append((x / s).astype(np.float16))
         ys.append((target / s).astype(np.float16))
-    return {"x": np.stack(xs), "y": np.stack(ys), "seed": seed, "voxel_mm": voxel, "fractions": fractions, **p}
+    return {"x": np.stack(xs), "y": np.stack(ys), "centres": lesion_centres(phantom), "seed": seed,
+            "voxel_mm": voxel, "fractions": fractions, **p}
+
+
+def lesion_centres(phantom) -> np.ndarray:
+    """The phantom's lesion centres as (k, j, i) voxel indices, an (N, 3) int array."""
+    to_index = np.linalg.inv(phantom.activity.index_to_lps())
+    shape = np.array(phantom.activity.shape)
+    out = []
+    for lesion in phantom.info.get("lesions", []):
+        i, j, k = (to_index @ np.r_[lesion["centre_lps_mm"], 1.0])[:3]
+        kji = np.rint([k, j, i]).astype(int)
+        if np.all(kji >= 0) and np.all(kji < shape):
+            out.append(kji)
+    return np.array(out, dtype=np.int32).reshape(-1, 3)
 
 
 def _pad(case: dict) -> dict:
@@ -154,13 +171,16 @@ def _pad(case: dict) -> dict:
     if py or px:
         pads = ((0, 0), (0, 0), (py // 2, py - py // 2), (px // 2, px - px // 2))
         case["x"], case["y"] = np.pad(case["x"], pads), np.pad(case["y"], pads)
+        if "centres" in case:
+            case["centres"] = case["centres"] + np.array([0, py // 2, px // 2], np.int32)
     return case
 
 
 def build_cases(seeds, method: str, preset: Preset, workers: int = 1, cache_dir=None, progress=None) -> list[dict]:
     """Build (or load from ``cache_dir``: ``<kind>-<seed>.npz``, no pickle) the training cases."""
     progress = as_progress(progress)
-    kind = "sr-points" if method == "sr" else "lowcount"
+    # the cache name says what was simulated: the lesion count changes the phantoms
+    kind = "sr-points" if method == "sr" else "lowcount-lesions{}-{}".format(*preset.lesions)
     seeds = list(seeds)
     cache = Path(cache_dir) if cache_dir else None
     cases: dict[int, dict] = {}
@@ -170,7 +190,8 @@ def build_cases(seeds, method: str, preset: Preset, workers: int = 1, cache_dir=
             f = cache / f"{kind}-{s}.npz"
             if f.exists():
                 with np.load(f, allow_pickle=False) as z:
-                    cases[s] = {"x": z["x"], "y": z["y"], "seed": s}
+                    cases[s] = {"x": z["x"], "y": z["y"], "seed": s,
+                                "centres": z["centres"] if "centres" in z else np.zeros((0, 3), np.int32)}
     todo = [s for s in seeds if s not in cases]
     pool = None
     if workers > 1 and len(todo) > 1:
@@ -187,7 +208,7 @@ def build_cases(seeds, method: str, preset: Preset, workers: int = 1, cache_dir=
                 from ..io import atomic_path
 
                 with atomic_path(cache / f"{kind}-{case['seed']}.npz") as tmp, open(tmp, "wb") as fh:
-                    np.savez(fh, x=case["x"], y=case["y"])
+                    np.savez(fh, x=case["x"], y=case["y"], centres=case["centres"])
             progress((len(seeds) - len(todo) + i + 1) / len(seeds), f"phantom {len(seeds) - len(todo) + i + 1}/{len(seeds)}")
     finally:
         if pool is not None:
@@ -196,10 +217,16 @@ def build_cases(seeds, method: str, preset: Preset, workers: int = 1, cache_dir=
 
 
 class PairSampler:
-    """Random 2.5-D windows: (B, 2k+1, ROI, ROI) inputs, (B, 1, ROI, ROI) targets, random flips."""
+    """Random 2.5-D windows: (B, 2k+1, ROI, ROI) inputs, (B, 1, ROI, ROI) targets, random flips.
 
-    def __init__(self, cases: list[dict], batch: int):
-        self.batch, self.cases = batch, cases
+    A share ``lesion_windows`` of the windows is centred (within ±1 slice and anywhere in the window
+    in-plane) on one of the case's lesions: drawn uniformly, about 8 % of the windows have a lesion centre
+    within a slice (6-14 lesions per phantom), and a denoiser that rarely sees one learns to read a small
+    hot spot as noise and flattens it.
+    """
+
+    def __init__(self, cases: list[dict], batch: int, lesion_windows: float = 0.0):
+        self.batch, self.cases, self.lesion_windows = batch, cases, float(lesion_windows)
 
     def __call__(self, step: int, rng: np.random.Generator):
         import torch
@@ -209,8 +236,14 @@ class PairSampler:
             c = self.cases[int(rng.integers(len(self.cases)))]
             n, nz, ny, nx = c["x"].shape
             m, k = int(rng.integers(n)), int(rng.integers(nz))
-            ks = [min(max(k + d, 0), nz - 1) for d in range(-CONTEXT, CONTEXT + 1)]
             j0, i0 = int(rng.integers(ny - ROI + 1)), int(rng.integers(nx - ROI + 1))
+            centres = c.get("centres")
+            if centres is not None and len(centres) and rng.random() < self.lesion_windows:
+                ck, cj, ci = centres[int(rng.integers(len(centres)))]
+                k = int(np.clip(ck + rng.integers(-1, 2), 0, nz - 1))
+                j0 = int(np.clip(cj - rng.integers(4, ROI - 4), 0, ny - ROI))
+                i0 = int(np.clip(ci - rng.integers(4, ROI - 4), 0, nx - ROI))
+            ks = [min(max(k + d, 0), nz - 1) for d in range(-CONTEXT, CONTEXT + 1)]
             x = c["x"][m, ks, j0:j0 + ROI, i0:i0 + ROI].astype(np.float32)
             y = c["y"][m, k:k + 1, j0:j0 + ROI, i0:i0 + ROI].astype(np.float32)
             if rng.random() < 0.5:
@@ -289,7 +322,7 @@ def train_denoise(method: str, out_dir, *, preset: str = "shipped", init=None, d
     network = network_spec(p)
     module = build_network(network)
     dev = pick_device(device)
-    sampler = PairSampler(cases, p.batch)
+    sampler = PairSampler(cases, p.batch, 0.0 if method == "sr" else p.lesion_windows)
     common = dict(steps=steps, seed=seed, checkpoint_dir=checkpoint_dir, progress=progress.sub(0.4, 0.9),
                   device=dev, log_every=max(1, steps // 20), checkpoint_every=max(1, steps // 10))
     init_from = None
@@ -319,6 +352,8 @@ def train_denoise(method: str, out_dir, *, preset: str = "shipped", init=None, d
         "data": {"phantoms": p.cases[method], "seeds": [seeds.start, seeds.stop - 1], "voxel_mm_range": list(p.voxel_mm),
                  "count_fractions": (list(p.fractions) if method != "sr" else [0.3, 1.0]),
                  "versions_per_phantom": p.per_case, "build_s": round(data_s, 1),
+                 "lesions_per_phantom": [3, 8] if method == "sr" else [p.lesions[0], p.lesions[1] - 1],
+                 "lesion_centred_windows": 0.0 if method == "sr" else p.lesion_windows,
                  "input": ("large-crystal (8 mm) OSEM without PSF" if method == "sr" else "thinned OSEM"),
                  "target": ("small-crystal (4 mm) full-count OSEM with PSF, independent realisation"
                             if method == "sr" else "full-count OSEM, independent Poisson realisation")}})
@@ -334,7 +369,7 @@ def train_denoise(method: str, out_dir, *, preset: str = "shipped", init=None, d
         training["total_s"] = round(time.time() - t0, 1)
         card = new_card(
             name=NAMES[method], task="denoise", network=network, network_data_format=data_format(),
-            training=training, version="0.1.0", description=description + "; unit-invariant (Bq/ml or SUV)",
+            training=training, version="0.1.0" if method == "sr" else "0.2.0", description=description + "; unit-invariant (Bq/ml or SUV)",
             intended_use="research only; trained on simulated phantoms — validate on your scanner's data and "
                          "retrain with `nmai train denoise` before any use on patients",
             data_source=f"NMAI simulator whole-body phantoms, seeds {seeds.start}-{seeds.stop - 1}, voxel "
