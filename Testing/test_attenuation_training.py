@@ -55,3 +55,44 @@ def test_mu_metrics_against_hand_values():
     assert m["bone_dice"] == pytest.approx(2 * 1 / (2 + 2))
     assert m["mu_mae_body_cm-1"] == pytest.approx((0.05 + 0.02) / 16)
     assert BONE_MU > 0.101 and MU_SCALE == 0.1
+
+
+def test_dixon_loss_is_minimised_by_the_mean_and_t1_loss_by_the_median():
+    """Line integrals of μ are linear in μ: an uncertain voxel must get the mean μ (squared error), not the
+    median (L1), or every edge is biased. Checked on a voxel that is body (μ 0.1, target 1.0) in 1 of 3
+    training cases, and the bone weights (x3 squared, x5 L1) on a bone/soft-tissue voxel."""
+    import torch
+
+    from nmai.attenuation.training import LOSSES, PRESETS
+
+    def best(loss, targets):
+        p = torch.linspace(0, 2, 2001)
+        t = torch.tensor(targets)
+        values = torch.stack([loss(q.expand_as(t), t) for q in p])
+        return float(p[int(torch.argmin(values))])
+
+    mse, l1 = LOSSES["mse"][0], LOSSES["l1"][0]
+    assert best(mse, [0.0, 0.0, 1.0]) == pytest.approx(1 / 3, abs=1e-3)
+    assert best(l1, [0.0, 0.0, 1.0]) == pytest.approx(0.0, abs=1e-3)
+    bone = 1.6  # μ 0.16 cm⁻¹ / MU_SCALE: weighted x3 (squared) -> (1 + 3 x 1.6) / 4; x5 (L1) -> the bone value
+    assert best(mse, [1.0, bone]) == pytest.approx((1.0 + 3 * bone) / 4, abs=1e-3)
+    assert best(l1, [1.0, 1.0, 1.0, bone]) == pytest.approx(bone, abs=1e-3)  # weight 5 outweighs 3
+    assert PRESETS["shipped"].loss == {"dixon": "mse", "t1": "l1"}
+
+
+def test_voxel_draws_keep_the_v01_phantoms():
+    """Validation makes no draw, native_fraction 0 makes v0.1's one draw: the arms, noise and other later
+    draws of every phantom stay those of v0.1 (T1 model, validation seeds)."""
+    from nmai.attenuation.training import SPACING_MM, draw_voxel
+
+    def after(**kw):
+        rng = np.random.default_rng(7)
+        voxel = draw_voxel(rng, (3.0, 5.0), **kw)
+        return voxel, rng.random()
+
+    fresh = np.random.default_rng(7)
+    first, second = fresh.uniform(3.0, 5.0), fresh.random()
+    assert after(random_resolution=False) == (SPACING_MM, np.random.default_rng(7).random())
+    assert after() == (first, second)
+    native = [draw_voxel(np.random.default_rng(s), (3.0, 5.0), native_fraction=1 / 3) for s in range(300)]
+    assert 0.25 < np.mean(np.array(native) == SPACING_MM) < 0.42

@@ -42,3 +42,15 @@ def test_lesion_centred_windows_contain_the_lesion():
     assert inputs == 64  # the centre slice is within ±1 of the lesion, so its 5 input slices hold it
     assert 10 <= targets < 64  # the target slice is the lesion's about a third of the time
     assert windows_with_lesion(0.0)[0] < 16  # uniform windows: rarely
+
+
+def test_no_lesion_windows_means_the_random_windows_of_a_case_without_lesions():
+    """sr trains with lesion_windows 0: its windows must not depend on whether lesion centres are stored
+    (old caches have none), or the same command would train different models."""
+    rng = np.random.default_rng(0)
+    x = rng.random((1, 20, 90, 90)).astype(np.float16)
+    with_centres = {"x": x, "y": x, "centres": np.array([[10, 40, 40]], np.int32)}
+    without = {"x": x, "y": x}
+    a, _ = PairSampler([with_centres], batch=8)(0, np.random.default_rng(3))
+    b, _ = PairSampler([without], batch=8)(0, np.random.default_rng(3))
+    assert np.array_equal(a.numpy(), b.numpy())

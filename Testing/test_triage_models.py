@@ -231,3 +231,24 @@ def test_bench_triage_quick_writes_its_json(tmp_path):
     assert r["target"] == "triage" and r["problem"]["quick"] and r["triage_s"] > 0
     assert r["report"]["alarm"] in ("ok", "check", "repeat") and r["models"]["artifacts"]["name"] == "triage-artifacts"
     assert r["goals"]["time_met"] == (r["triage_s"] <= r["goals"]["triage_s_max"])
+
+
+def test_summary_keeps_expiration_breathing_out_of_the_other_scans():
+    from nmai.evaluate.triage import summarise_artifacts
+    from nmai.triage.classifier import ARTIFACTS
+
+    def case(kind, resp, alarm="ok"):
+        scores = {a: 0.1 for a in ARTIFACTS}
+        scores["respiratory"] = resp
+        return {"kind": kind, "scores": scores, "classifier_scores": dict(scores), "found": [], "alarm": alarm}
+
+    cases = [case("none", 0.2), case("none", 0.3, "check"), case("respiratory", 0.6), case("respiratory", 0.7),
+             case("respiratory_expiration", 0.9), case("motion", 0.25), {"kind": "truncation", "skipped": "no arms"}]
+    artifacts, secondary, alarms = summarise_artifacts(cases)
+    r = artifacts["respiratory"]
+    assert r["cases"] == 2 and r["auc_vs_clean"] == 1.0
+    assert r["auc_vs_all_others"] == 1.0  # the 0.9 expiration scan would have been an "other" ranked above them
+    e = secondary["respiratory_expiration"]
+    assert e["cases"] == 1 and e["auc_vs_clean"] == 1.0 and e["auc_vs_all_others"] == 1.0
+    assert artifacts["truncation"]["cases"] == 0 and artifacts["truncation"]["auc_vs_clean"] is None
+    assert alarms == {"ok": 1, "check": 1, "repeat": 0}

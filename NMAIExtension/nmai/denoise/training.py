@@ -4,7 +4,7 @@ Data (one case per whole-body phantom, seeds 20000+; evaluation uses seeds below
 its own voxel size (3–5 mm), scanner resolution (PSF FWHM 3.5–5.5 mm), scan duration (120–300 s), OSEM
 iterations (2–4 × 14 subsets), with or without PSF modelling, lesions (6–14 for cnn/gan, 3–8 for sr) and
 arms, so the network does not learn one scanner's noise texture. For cnn/gan, 30 % of the training windows
-are centred on a lesion (:class:`PairSampler`).
+contain a lesion centre (:class:`PairSampler`).
 
 * ``cnn`` / ``gan``: the input is the OSEM of a *thinned* acquisition (a list-mode subsample, count
   fraction log-uniform in 5–50 %, three per phantom); the target is the full-count OSEM of an
@@ -179,7 +179,7 @@ def _pad(case: dict) -> dict:
 def build_cases(seeds, method: str, preset: Preset, workers: int = 1, cache_dir=None, progress=None) -> list[dict]:
     """Build (or load from ``cache_dir``: ``<kind>-<seed>.npz``, no pickle) the training cases."""
     progress = as_progress(progress)
-    # the cache name says what was simulated: the lesion count changes the phantoms
+    # the lesion count changes the phantoms, so it is in the cache name (other preset fields are not)
     kind = "sr-points" if method == "sr" else "lowcount-lesions{}-{}".format(*preset.lesions)
     seeds = list(seeds)
     cache = Path(cache_dir) if cache_dir else None
@@ -219,8 +219,8 @@ def build_cases(seeds, method: str, preset: Preset, workers: int = 1, cache_dir=
 class PairSampler:
     """Random 2.5-D windows: (B, 2k+1, ROI, ROI) inputs, (B, 1, ROI, ROI) targets, random flips.
 
-    A share ``lesion_windows`` of the windows is centred (within ±1 slice and anywhere in the window
-    in-plane) on one of the case's lesions: drawn uniformly, about 8 % of the windows have a lesion centre
+    A share ``lesion_windows`` of the windows contains one of the case's lesion centres (the window's centre
+    slice within ±1 slice of it, in-plane at least 4 voxels from the window's edge): drawn uniformly, about 8 % of the windows have a lesion centre
     within a slice (6-14 lesions per phantom), and a denoiser that rarely sees one learns to read a small
     hot spot as noise and flattens it.
     """
@@ -238,7 +238,7 @@ class PairSampler:
             m, k = int(rng.integers(n)), int(rng.integers(nz))
             j0, i0 = int(rng.integers(ny - ROI + 1)), int(rng.integers(nx - ROI + 1))
             centres = c.get("centres")
-            if centres is not None and len(centres) and rng.random() < self.lesion_windows:
+            if self.lesion_windows > 0 and centres is not None and len(centres) and rng.random() < self.lesion_windows:
                 ck, cj, ci = centres[int(rng.integers(len(centres)))]
                 k = int(np.clip(ck + rng.integers(-1, 2), 0, nz - 1))
                 j0 = int(np.clip(cj - rng.integers(4, ROI - 4), 0, ny - ROI))

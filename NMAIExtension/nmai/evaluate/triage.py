@@ -162,6 +162,37 @@ def _lesion_case(seed: int, quick: bool, lesion_model) -> dict:
             "candidates": res["candidates_considered"]}
 
 
+def _auc_entry(pos: list[dict], clean: list[dict], others: list[dict], a: str) -> dict:
+    score = lambda cases, key="scores": [c[key].get(a, 0.0) for c in cases]  # noqa: E731
+    return {"cases": len(pos), "auc_vs_clean": roc_auc(score(pos), score(clean)),
+            "auc_vs_all_others": roc_auc(score(pos), score(others)),
+            "auc_vs_clean_classifier_only": roc_auc(score(pos, "classifier_scores"), score(clean, "classifier_scores")),
+            "flagged": sum(1 for c in pos if {a, RULE_TYPES.get(a)} & set(c["found"])),
+            "mean_score": float(np.mean(score(pos))) if pos else None}
+
+
+def summarise_artifacts(art_cases: list[dict]) -> tuple[dict, dict, dict]:
+    """Per artifact: AUC of its scores against the clean scans, against every other scan of the target set
+    (clean + the seven artifacts), and of the classifier alone; the end-expiration breathing scans are
+    summarised apart (``secondary``) and are in no one's "others"."""
+    from ..triage.classifier import ARTIFACTS
+
+    done = [c for c in art_cases if "scores" in c]
+    target_set = [c for c in done if c["kind"] in ("none",) + tuple(ARTIFACTS)]
+    clean = [c for c in done if c["kind"] == "none"]
+    artifacts = {}
+    for a in ARTIFACTS:
+        pos = [c for c in target_set if c["kind"] == a]
+        artifacts[a] = {"severity": MODERATE_TEXT[a],
+                        **_auc_entry(pos, clean, [c for c in target_set if c["kind"] != a], a)}
+    expiration = [c for c in done if c["kind"] == "respiratory_expiration"]
+    entry = _auc_entry(expiration, clean, [c for c in target_set if c["kind"] != "respiratory"], "respiratory")
+    secondary = {"respiratory_expiration": {
+        "severity": "15 mm breathing, μ-map at end-expiration (not a target)", **entry}}
+    alarms_clean = {lvl: sum(c["alarm"] == lvl for c in clean) for lvl in ("ok", "check", "repeat")}
+    return artifacts, secondary, alarms_clean
+
+
 def evaluate_triage(*, cases: int = 8, seed_start: int = 200, model=None, lesion_model=None, quick: bool = False,
                     figure=None, progress=None) -> dict:
     from ..models import load_model
@@ -180,28 +211,7 @@ def evaluate_triage(*, cases: int = 8, seed_start: int = 200, model=None, lesion
     for i in range(cases):
         art_cases += _artifact_cases(seed_start + i, quick, classifier, progress.sub(0.6 * i / cases,
                                                                                       0.6 * (i + 1) / cases))
-    done = [c for c in art_cases if "scores" in c]
-    clean = [c for c in done if c["kind"] == "none"]
-    artifacts = {}
-    for a in ARTIFACTS:
-        pos = [c["scores"][a] for c in done if c["kind"] == a]
-        artifacts[a] = {
-            "severity": MODERATE_TEXT[a], "cases": len(pos),
-            "auc_vs_clean": roc_auc(pos, [c["scores"][a] for c in clean]),
-            "auc_vs_all_others": roc_auc(pos, [c["scores"][a] for c in done if c["kind"] != a]),
-            "auc_vs_clean_classifier_only": roc_auc([c["classifier_scores"].get(a, 0.0) for c in done if c["kind"] == a],
-                                                    [c["classifier_scores"].get(a, 0.0) for c in clean]),
-            "flagged": sum(1 for c in done if c["kind"] == a and ({a, RULE_TYPES.get(a)} & set(c["found"]))),
-            "mean_score": float(np.mean(pos)) if pos else None}
-    expiration = [c for c in done if c["kind"] == "respiratory_expiration"]
-    secondary = {"respiratory_expiration": {
-        "severity": "15 mm breathing, μ-map at end-expiration (not a target)", "cases": len(expiration),
-        "auc_vs_clean": roc_auc([c["scores"]["respiratory"] for c in expiration],
-                                [c["scores"]["respiratory"] for c in clean]),
-        "auc_vs_clean_classifier_only": roc_auc([c["classifier_scores"].get("respiratory", 0.0) for c in expiration],
-                                                [c["classifier_scores"].get("respiratory", 0.0) for c in clean]),
-        "flagged": sum(1 for c in expiration if "respiratory" in c["found"])}}
-    alarms_clean = {lvl: sum(c["alarm"] == lvl for c in clean) for lvl in ("ok", "check", "repeat")}
+    artifacts, secondary, alarms_clean = summarise_artifacts(art_cases)
     les = []
     for i in range(cases):
         progress(0.6 + 0.38 * i / cases, f"lesion phantom {i + 1}/{cases}")

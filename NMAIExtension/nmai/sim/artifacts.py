@@ -13,7 +13,7 @@ motion             rigid shift of activity + μ from frame ``at_frame``   shift,
                    on (simulator ``motion``); reconstructed with the
                    μ-map of the first position
 respiratory        activity + μ averaged over a breathing cycle (z-shift  peak-to-peak amplitude, mm
-                   of the diaphragm region, cos² waveform); reconstructed
+                   of the diaphragm region, sin² waveform); reconstructed
                    with the μ-map of one phase (``mumap_phase``: 0
                    end-expiration, 0.5 end-inspiration)
 misregistration    simulated with the true μ, reconstructed with a        shift, mm
@@ -117,12 +117,14 @@ def _z_warp(a: np.ndarray, shift_slices: np.ndarray) -> np.ndarray:
 
 
 def respiratory(ph, amplitude_mm: float = 15.0, phases: int = 8, mumap_phase: float = 0.0) -> ArtifactCase:
-    """Breathing: the diaphragm region (liver to lung base, full amplitude) moves in z with a cos²
+    """Breathing: the diaphragm region (liver to lung base, full amplitude) moves in z with a sin²
     waveform (inspiration caudal, −z), fading linearly to 0 at the lung apex and 60 mm below the liver;
     activity and μ are averaged over ``phases`` phases. The reconstruction μ-map is the snapshot at
     ``mumap_phase`` of the cycle: 0 end-expiration (a breath-hold MR or CT at expiration, the recommended
     practice), 0.5 end-inspiration (a CT taken in deep inspiration: the photopenic "banana" over the liver
     dome), anything between for a free-breathing snapshot."""
+    if not 0.0 <= mumap_phase <= 1.0:
+        raise NMAIError(f"mumap_phase is a fraction of the breathing cycle in [0, 1], got {mumap_phase}")
     lab, table = ph.labels.array, ph.label_table
     if "lung" not in table or "liver" not in table:
         raise NMAIError("respiratory motion needs a wholebody phantom (lung and liver labels)")
@@ -136,16 +138,15 @@ def respiratory(ph, amplitude_mm: float = 15.0, phases: int = 8, mumap_phase: fl
     act = np.zeros_like(ph.activity.array)
     mu = np.zeros_like(ph.mumap.array)
     for p in range(phases):
-        u = -amplitude_mm * np.sin(np.pi * p / phases) ** 2 * w / dz   # slices, cos² waveform
+        u = -amplitude_mm * np.sin(np.pi * p / phases) ** 2 * w / dz   # slices, sin² waveform
         act += _z_warp(ph.activity.array, u) / phases
         mu += _z_warp(ph.mumap.array, u) / phases
-    if not 0.0 <= mumap_phase <= 1.0:
-        raise NMAIError(f"mumap_phase is a fraction of the breathing cycle in [0, 1], got {mumap_phase}")
-    snapshot = _z_warp(ph.mumap.array, -amplitude_mm * np.sin(np.pi * mumap_phase) ** 2 * w / dz)
-    truth = _truth("respiratory", amplitude_mm, "mm", _changed(mu, snapshot, 0.005),
+    snapshot = ph.mumap if mumap_phase in (0.0, 1.0) else ph.mumap.derive(
+        _z_warp(ph.mumap.array, -amplitude_mm * np.sin(np.pi * mumap_phase) ** 2 * w / dz))
+    truth = _truth("respiratory", amplitude_mm, "mm", _changed(mu, snapshot.array, 0.005),
                    phases=phases, waveform="sin^2 (end-expiration at phase 0)",
                    moving_slices=slice_span(w > 0), mumap_phase=float(mumap_phase))
-    return ArtifactCase(ph.activity.derive(act), ph.mumap.derive(mu), ph.mumap.derive(snapshot), truth=truth)
+    return ArtifactCase(ph.activity.derive(act), ph.mumap.derive(mu), snapshot, truth=truth)
 
 
 def misregistration(ph, shift_mm: float = 10.0, direction=(0.0, 1.0, 0.0)) -> ArtifactCase:

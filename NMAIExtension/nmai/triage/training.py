@@ -277,7 +277,9 @@ def train_triage(model: str, out_dir, *, preset: str = "shipped", cache_dir=None
     if cache is not None:
         cache.mkdir(parents=True, exist_ok=True)
     fn = make_artifact_case if model == "artifacts" else make_lesion_case
-    cases = _build(fn, seeds, p, cache, model, progress.sub(0.0, 0.5))
+    # the cache name carries the model version: a version whose training data changed (v0.3's breathing
+    # cases) must not reuse an older version's cached phantoms
+    cases = _build(fn, seeds, p, cache, f"{model}-{VERSIONS[model]}", progress.sub(0.0, 0.5))
     data_s = time.time() - t0
     network = network_spec(model, p)
     module = build_network(network)
