@@ -2,8 +2,8 @@
 
 Data: whole-body phantoms (``nmai.sim.make_phantom``) from seeds never used for evaluation, each drawn at a
 random voxel size (3–5 mm) and resampled to the model's 4 mm grid (for the Dixon model a third are made on
-the 4 mm grid directly), so the network sees the blur of other MR resolutions; anatomy, body size, arms, tissue values, coil bias and noise vary with the seed, and extra
-noise is added per case. Inputs are normalised exactly as at inference (z-score in the body, per volume).
+the 4 mm grid directly), so the network sees the blur of other MR resolutions; anatomy, body size, arms,
+tissue values, coil bias and noise vary with the seed, and extra noise is added per case. Inputs are normalised exactly as at inference (z-score in the body, per volume).
 
 Network: a 2.5-D MONAI U-Net — five neighbouring axial slices of each MR channel in, μ of the centre slice
 out (cm⁻¹ / 0.1). 2.5-D because on 2 CPU cores a 2-D network runs several times more efficiently than a

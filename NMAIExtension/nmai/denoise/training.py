@@ -61,7 +61,7 @@ class Preset:
     lr: float = 1e-3
     adversarial_weight: float = 0.02
     lesions: tuple = (3, 9)          # lesions per cnn/gan phantom: integers in [lo, hi) (sr: always 3-8)
-    lesion_windows: float = 0.0      # share of training windows centred on a lesion (cnn, gan)
+    lesion_windows: float = 0.0      # share of training windows that contain a lesion centre (cnn, gan)
 
 
 PRESETS = {
@@ -219,10 +219,10 @@ def build_cases(seeds, method: str, preset: Preset, workers: int = 1, cache_dir=
 class PairSampler:
     """Random 2.5-D windows: (B, 2k+1, ROI, ROI) inputs, (B, 1, ROI, ROI) targets, random flips.
 
-    A share ``lesion_windows`` of the windows contains one of the case's lesion centres (the window's centre
-    slice within ±1 slice of it, in-plane at least 4 voxels from the window's edge): drawn uniformly, about 8 % of the windows have a lesion centre
-    within a slice (6-14 lesions per phantom), and a denoiser that rarely sees one learns to read a small
-    hot spot as noise and flattens it.
+    A share ``lesion_windows`` of the windows contains one of the case's lesion centres (the window's
+    centre slice within ±1 slice of it, in-plane at least 4 voxels from the window's edge). Drawn uniformly,
+    about 8 % of the windows have a lesion centre within a slice (6-14 lesions per phantom), and a denoiser
+    that rarely sees one learns to read a small hot spot as noise and flattens it.
     """
 
     def __init__(self, cases: list[dict], batch: int, lesion_windows: float = 0.0):

@@ -5,8 +5,8 @@
   (each type equally often) at a random severity from just visible to severe (misregistration and motion
   5–25 mm in a random direction, breathing 10–30 mm with the μ-map a snapshot at 35–65 % of the cycle
   (near end-inspiration, as a deep-inspiration CT: the photopenic band over the liver dome; an
-  end-expiration μ-map lies next to the breathing-averaged PET's diaphragm and leaves only a faint hot rim
-  that is not learnable — see the README), arms truncated by a 380–520 mm μ-map field, 1–3 dead
+  end-expiration μ-map lies next to the breathing-averaged PET's diaphragm and leaves only a faint hot rim,
+  which v0.2 did not learn — see the README), arms truncated by a 380–520 mm μ-map field, 1–3 dead
   blocks anywhere on the ring that failed after the last normalisation, metal voids of 8–30 mm, 3–15 % of
   the counts). Slices are labelled from the exact ground truth (the slices
   an artifact touches). Every other training case drops the μ-map, so the classifier also works on PET
