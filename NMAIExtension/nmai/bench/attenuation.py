@@ -16,44 +16,16 @@ each other and a convolution takes 10-100 times longer (the 1-minute load averag
 from __future__ import annotations
 
 import os
-import platform
 import tempfile
-import threading
 import time
 
 import numpy as np
 
+from . import PeakRSS, machine
+
 GOAL_S = 20.0
 GOAL_PEAK_GB = 4.0
 SHAPE_IJK = (128, 128, 200)
-
-
-class PeakRSS:
-    """Samples this process's resident memory in a background thread while inside the ``with`` block."""
-
-    def __init__(self, interval_s: float = 0.02):
-        import psutil
-
-        self.process = psutil.Process()
-        self.interval = interval_s
-        self.peak = self.start = self.process.memory_info().rss
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self):
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self.process.memory_info().rss)
-            self._stop.wait(self.interval)
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, self.process.memory_info().rss)
-        return False
 
 
 def bench_mr(shape_ijk=SHAPE_IJK, seed: int = 0, z_mm: float | None = None, voxel_mm: float = 4.0):
@@ -105,7 +77,7 @@ def run(progress, quick: bool = False) -> dict:
 
     t = time.perf_counter()
     import monai  # noqa: F401  (imported here so its import time is reported, not hidden in the timed call)
-    import torch
+    import torch  # noqa: F401  (timed with monai)
 
     import_s = time.perf_counter() - t
     load_before = os.getloadavg()[0]  # other work on the machine slows torch's threads badly: say so
@@ -130,10 +102,7 @@ def run(progress, quick: bool = False) -> dict:
     ru_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 2**30  # Linux: kB
     result = {
         "target": "attenuation",
-        "machine": {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                    "load_average_1min_at_start": round(load_before, 2),
-                    "platform": platform.platform(), "python": platform.python_version(),
-                    "torch": torch.__version__, "device": model.device},
+        "machine": machine(load_average_1min_at_start=round(load_before, 2), device=model.device),
         "problem": {"mr_shape_ijk": list(shape), "mr_spacing_mm": [round(s, 3) for s in water.spacing],
                     "model_grid_kji": mu.metadata["model_grid"]["shape_kji"], "inputs": "Dixon water + fat",
                     "quick": bool(quick)},

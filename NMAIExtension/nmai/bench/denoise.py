@@ -19,13 +19,12 @@ Goals (2-core CPU): model load + denoising <= 30 s; peak resident memory <= 4 GB
 from __future__ import annotations
 
 import os
-import platform
 import tempfile
 import time
 
 import numpy as np
 
-from .attenuation import PeakRSS
+from . import PeakRSS, machine
 
 GOAL_S = 30.0
 GOAL_PEAK_GB = 4.0
@@ -185,10 +184,8 @@ def run(progress, quick: bool = False) -> dict:
     network = flops / net_s / 1e9
     result = {
         "target": "denoise",
-        "machine": {"cpu_count": os.cpu_count(), "torch_threads": threads,
-                    "default_threads": default_threads(), "load_average_1min_at_start": round(load_before, 2),
-                    "platform": platform.platform(), "python": platform.python_version(),
-                    "torch": torch.__version__, "device": model.device},
+        "machine": machine(torch_threads=threads, default_threads=default_threads(),
+                           load_average_1min_at_start=round(load_before, 2), device=model.device),
         "problem": {"pet_shape_ijk": list(shape), "pet_spacing_mm": list(pet.spacing), "pet": "synthetic whole-body "
                     "activity + Poisson-like noise (nmai.bench.denoise.synthetic_pet)", "method": "cnn",
                     "network_note": info.get("note"), "quick": bool(quick)},

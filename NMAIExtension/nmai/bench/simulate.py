@@ -7,11 +7,11 @@ projector ≥ 3× faster per slice than ``skimage.transform.radon`` on the same 
 
 from __future__ import annotations
 
-import os
-import platform
 import time
 
 import numpy as np
+
+from . import machine
 
 GOAL_OSEM_S = 30.0
 GOAL_PROJECTOR_SPEEDUP = 3.0
@@ -27,8 +27,6 @@ def _best(fn, repeats=3):
 
 
 def run(progress, quick: bool = False) -> dict:
-    import torch
-
     from ..sim import DEFAULT_SCANNER, make_phantom, simulate_acquisition
     from ..sim.acquisition import grid_of
     from ..sim.model import volume_to_columns
@@ -83,9 +81,7 @@ def run(progress, quick: bool = False) -> dict:
     rec_liver = float(recon.array[phantom.labels.array == phantom.label_table["liver"]].mean())
     result = {
         "target": "simulate",
-        "machine": {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                    "platform": platform.platform(), "python": platform.python_version(),
-                    "torch": torch.__version__},
+        "machine": machine(),
         "problem": {"phantom": "wholebody seed 0 with arms", "voxel_mm": voxel, "image_kji": [nz, ny, nx],
                     "views": scanner.n_views, "bins": scanner.n_bins, "lors": sm.n_rows,
                     "system_matrix_nnz": sm.nnz, "prompts": acq.info["prompts"]},

@@ -12,17 +12,14 @@ sampled every 20 ms. Run it on an otherwise idle machine (the 1-minute load aver
 from __future__ import annotations
 
 import os
-import platform
 import time
 
-from .attenuation import PeakRSS
+from . import PeakRSS, machine
 
 GOAL_S = 30.0
 
 
 def run(progress, quick: bool = False) -> dict:
-    import torch
-
     from ..errors import NMAIError
     from ..models.registry import list_models
     from ..sim import make_phantom, simulate
@@ -47,10 +44,7 @@ def run(progress, quick: bool = False) -> dict:
     peak_gb = mem.peak / 2**30
     result = {
         "target": "triage",
-        "machine": {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                    "load_average_1min_at_start": round(load_before, 2),
-                    "platform": platform.platform(), "python": platform.python_version(),
-                    "torch": torch.__version__},
+        "machine": machine(load_average_1min_at_start=round(load_before, 2)),
         "problem": {"pet_shape_kji": list(pet.shape), "spacing_mm": [round(s, 3) for s in pet.spacing],
                     "with_mumap": True, "quick": bool(quick)},
         "models": {"artifacts": report["classifier"]["model"], "lesions": report["lesion_model"]},

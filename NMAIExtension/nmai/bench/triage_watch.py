@@ -12,12 +12,13 @@ frames, several seeds) and the motion estimates (true shifts 0, 0, 6, 6 mm).
 from __future__ import annotations
 
 import os
-import platform
 import tempfile
 import threading
 import time
 
 import numpy as np
+
+from . import machine
 
 
 def block_sweep(acq, seeds: int = 5, fractions=(1.0, 1e-3, 1e-4)) -> dict:
@@ -62,8 +63,6 @@ def motion_sweep(acq, fractions=(1.0, 0.1, 0.01)) -> dict:
 
 
 def run(progress, quick: bool = False) -> dict:
-    import torch
-
     from ..sim import DEFAULT_SCANNER, make_phantom, simulate_acquisition
     from ..triage import RawTriage, watch_folder, write_frames
     from ..triage.frames import read_frame
@@ -102,8 +101,7 @@ def run(progress, quick: bool = False) -> dict:
     latency = [r["latency_s"] for r in lines]
     result = {
         "target": "triage_watch",
-        "machine": {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                    "platform": platform.platform(), "python": platform.python_version()},
+        "machine": machine(),
         "problem": {"phantom": "wholebody seed 0 with arms", "voxel_mm": voxel, "frame_slices_views_bins": shape,
                     "frames": len(acq.frames), "prompts_per_frame": float(acq.prompts[0].sum()),
                     "frame_file_mb": round(size / 1e6, 2), "motion": "6 mm in x from frame 2"},
