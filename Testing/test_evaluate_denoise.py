@@ -92,6 +92,11 @@ def test_quick_evaluation_runs_end_to_end_and_writes_the_documented_json(models,
     assert full["psnr_db"]["mean"] is None and full["nrmse"]["mean"] == 0.0
     assert full["ssim"]["mean"] == pytest.approx(1.0)
     assert full["lesion_suvmax_bias_pct"]["mean_abs"] == 0.0
+    # ... so at 100 % a method's change against its OSEM input is its bias against the reference
+    assert "lesion_suvmean_vs_osem_pct" not in full
+    for key in keys - {"osem"}:
+        own, bias = wb["summary"][key]["1"]["lesion_suvmean_vs_osem_pct"], wb["summary"][key]["1"]["lesion_suvmean_bias_pct"]
+        assert own["n"] == bias["n"] and own["mean"] == pytest.approx(bias["mean"], abs=1e-6)
     # the matched Gaussian has the method's liver noise (or is clipped at the end of the search range)
     for m in ("cnn", "gan", "prior"):
         for fk in ("0.1", "1"):

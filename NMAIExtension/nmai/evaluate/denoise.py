@@ -514,7 +514,9 @@ def _stats(values) -> dict:
 
 def summarise_wholebody(cases: list[dict], fractions) -> dict:
     """Per image key (osem, cnn, gan, prior, gaussian@M) and count level: mean/SD over cases of the image
-    metrics; lesion biases pooled over every lesion of every case (mean, mean of |bias|, n)."""
+    metrics; lesion biases pooled over every lesion of every case (mean, mean of |bias|, n). For every key but
+    osem, ``lesion_suvmean_vs_osem_pct``: each lesion's SUVmean against the same lesion in the low-count OSEM
+    (%), pooled — what the method itself does to a lesion, apart from the low-count image's own noise."""
     keys = list(dict.fromkeys(k for c in cases for fr in c["fractions"].values() for k in fr))
     out = {}
     for key in keys:
@@ -533,6 +535,13 @@ def summarise_wholebody(cases: list[dict], fractions) -> dict:
                 entry[f"lesion_{kind}_bias_pct"] = {
                     "mean": float(np.mean(b)) if b else None, "mean_abs": float(np.mean(np.abs(b))) if b else None,
                     "sd": float(np.std(b, ddof=1)) if len(b) > 1 else None, "n": len(b)}
+            if key != "osem":  # the method's own change of each lesion's SUVmean, against its low-count OSEM
+                own = [100.0 * (r["suvmean"] / o["suvmean"] - 1.0) for c in cases if key in c["fractions"][fk]
+                       for r, o in zip(c["fractions"][fk][key]["lesions"], c["fractions"][fk]["osem"]["lesions"])
+                       if o["suvmean"]]
+                entry["lesion_suvmean_vs_osem_pct"] = {
+                    "mean": float(np.mean(own)) if own else None,
+                    "sd": float(np.std(own, ddof=1)) if len(own) > 1 else None, "n": len(own)}
             out[key][fk] = entry
     return out
 
