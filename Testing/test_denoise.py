@@ -208,6 +208,22 @@ def test_prior_reconstruction_cli(models, small_sim, tmp_path):
     assert main(["reconstruct", str(folder), "--prior-weight", "0.2", "--out", str(tmp_path / "x.nii.gz")]) == 2
 
 
+def test_prior_reconstruction_without_pull_is_osem_of_start_plus_outer_iterations(models, small_sim):
+    from nmai.denoise.prior import reconstruct_with_prior
+    from nmai.errors import NMAIError
+    from nmai.sim import reconstruct
+
+    ph, sim = small_sim
+    acq = sim.acquisition
+    osem = reconstruct(acq, ph.mumap, iterations=3, subsets=7, psf=True).array
+    prior = reconstruct_with_prior(acq, ph.mumap, models["cnn"], outer=1, start_iterations=2, subsets=7, weight=0.0)
+    assert prior.metadata["reconstruction"]["iterations"] == 3
+    assert prior.metadata["reconstruction"]["start_iterations"] == 2
+    np.testing.assert_allclose(prior.array, osem, rtol=1e-3, atol=1e-3 * float(osem.max()))
+    with pytest.raises(NMAIError, match="start iterations"):
+        reconstruct_with_prior(acq, ph.mumap, models["cnn"], start_iterations=0)
+
+
 def test_train_and_denoise_cli(models, small_sim, tmp_path):
     from nmai.cli import main
     from nmai.io import read_volume, write_volume

@@ -19,7 +19,8 @@ def add_parser(sub):
     p.add_argument("--postfilter", type=float, default=0.0, metavar="MM", help="Gaussian post-filter FWHM (mm)")
     p.add_argument("--prior", choices=["cnn"], default=None,
                    help="reconstruct with a denoising CNN as prior inside the iterations, with local linear "
-                        "fitting against its bias (Kim et al. 2018); --iterations then counts the prior iterations")
+                        "fitting against its bias (Kim et al. 2018), starting from a 3-iteration OSEM; --iterations then "
+                        "counts the prior iterations after it")
     p.add_argument("--prior-model", metavar="PATH|NAME", default=None,
                    help="--prior cnn: the denoising model (default denoise-cnn)")
     p.add_argument("--prior-weight", type=float, default=None, metavar="G",

@@ -1,6 +1,8 @@
 """Reconstruction with a denoising CNN as prior and local linear fitting (after Kim et al., IEEE TMI 2018).
 
-Starting from one OSEM iteration, each outer iteration
+Starting from an OSEM image of ``start_iterations`` iterations (default 3, as a clinical OSEM: the prior
+should not start from an image whose lesions have not converged — from one iteration its lesions stayed
+17–20 % low), each outer iteration
 
 1. denoises the current image with the CNN: ``c = CNN(x)``;
 2. corrects the CNN's bias by local linear fitting (LLF) against the current image: in every small window
@@ -26,6 +28,7 @@ from ..progress import as_progress
 
 DEFAULT_WEIGHT = 0.3
 DEFAULT_OUTER = 3
+DEFAULT_START = 3
 LLF_WINDOW = (3, 5, 5)   # voxels (k, j, i)
 
 
@@ -58,7 +61,7 @@ def map_update(x_em, u, gamma: float):
 
 def reconstruct_with_prior(acq, mumap, model="denoise-cnn", *, outer: int = DEFAULT_OUTER,
                            subsets: int = 14, weight: float = DEFAULT_WEIGHT, psf: bool = True, frame=None,
-                           llf: bool = True, progress=None, **predict_kw):
+                           llf: bool = True, start_iterations: int = DEFAULT_START, progress=None, **predict_kw):
     """CNN-prior reconstruction of ``acq`` (attenuation-corrected with ``mumap``): a Volume in Bq/ml.
 
     ``predict_kw`` go to the CNN's inference (:func:`nmai.denoise.apply.denoise_volume`)."""
@@ -69,13 +72,13 @@ def reconstruct_with_prior(acq, mumap, model="denoise-cnn", *, outer: int = DEFA
     from .apply import _model, denoise_volume
 
     progress = as_progress(progress)
-    if outer < 1:
-        raise NMAIError(f"outer iterations must be >= 1, got {outer}")
+    if outer < 1 or start_iterations < 1:
+        raise NMAIError(f"outer and start iterations must be >= 1, got {outer} and {start_iterations}")
     if not 0.0 <= weight <= 10.0:
         raise NMAIError(f"prior weight must be in 0-10, got {weight}")
     loaded = _model("cnn", model)
 
-    vol, em, y = reconstruct(acq, mumap, iterations=1, subsets=subsets, psf=psf, frame=frame,
+    vol, em, y = reconstruct(acq, mumap, iterations=start_iterations, subsets=subsets, psf=psf, frame=frame,
                              progress=progress.sub(0.0, 0.1), return_model=True)
     x = volume_to_columns(vol.array)
     sens = [em.sensitivity(k, subsets) for k in range(subsets)]
@@ -99,7 +102,8 @@ def reconstruct_with_prior(acq, mumap, model="denoise-cnn", *, outer: int = DEFA
     out = vol.derive(image)
     out.metadata["reconstruction"] = dict(vol.metadata["reconstruction"], algorithm="OSEM + CNN prior + LLF"
                                           if llf else "OSEM + CNN prior", outer_iterations=outer,
-                                          iterations=outer + 1, prior_weight=weight, prior_model=loaded.name,
+                                          start_iterations=start_iterations, iterations=start_iterations + outer,
+                                          prior_weight=weight, prior_model=loaded.name,
                                           prior_model_sha256=loaded.sha256)
     progress(1.0, "prior reconstruction done")
     return out

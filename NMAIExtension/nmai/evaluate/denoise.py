@@ -11,7 +11,8 @@ validation 25000+; evaluation: whole-body seeds ``seed_start`` .. below 10000):
    and count level, in SUV: PSNR, SSIM and NRMSE inside the body mask (``metrics.body_mask`` of the
    reference), liver CoV (noise; liver eroded by one voxel) and, per lesion >= 10 mm, SUVmean / SUVmax /
    SUVpeak bias vs the reference (%). ``cnn``/``gan``: the network applied to the OSEM image; ``prior``: the
-   CNN-prior reconstruction of the thinned acquisition (:func:`nmai.denoise.prior.reconstruct_with_prior`);
+   CNN-prior reconstruction of the thinned acquisition (:func:`nmai.denoise.prior.reconstruct_with_prior`),
+   starting from the same OSEM;
    ``gaussian@M``: the OSEM image filtered with the Gaussian whose FWHM (searched in 0-12 mm) gives the SAME
    liver CoV as method M ("matched noise"); ``psnr_gain_db`` of M = PSNR(M) - PSNR(gaussian@M).
    ``osem`` (the unfiltered low-count image) is always reported. Unit invariance: the network is run on the
@@ -477,7 +478,8 @@ def evaluate_case(seed: int, methods, models: dict, fractions, settings: dict, p
         if "prior" in methods:
             p(0.45, f"seed {seed}, {100 * f:g} % counts: CNN-prior reconstruction")
             images["prior"] = reconstruct_with_prior(low_acq, ph.mumap, models["cnn"], outer=settings["prior_outer"],
-                                                     subsets=sub, psf=True, progress=p.sub(0.45, 0.85))
+                                                     start_iterations=it, subsets=sub, psf=True,
+                                                     progress=p.sub(0.45, 0.85))
         p(0.85, f"seed {seed}, {100 * f:g} % counts: metrics")
         res = {k: image_metrics(v.array.astype(np.float64) * suv, ref, body, liver, lesions, ref_lesions, spacing)
                for k, v in images.items()}
@@ -577,8 +579,8 @@ def evaluate_nema(methods, models: dict, settings: dict, progress=None) -> dict:
                     images[m], _ = denoise_volume(osem, m, model=models[m], **_kw(settings))
             if "prior" in methods:
                 p(0.4, f"NEMA realisation {r + 1}/{R}, {100 * f:g} % counts: CNN-prior reconstruction")
-                images["prior"] = reconstruct_with_prior(low_acq, ph.mumap, models["cnn"],
-                                                         outer=settings["prior_outer"], subsets=sub, psf=True)
+                images["prior"] = reconstruct_with_prior(low_acq, ph.mumap, models["cnn"], outer=settings["prior_outer"],
+                                                         start_iterations=it, subsets=sub, psf=True)
             for k, v in images.items():
                 raw[_fkey(f)].setdefault(k, []).append(nema_image_quality(v, ph))
     results = {}
@@ -907,7 +909,8 @@ def evaluate_denoise(*, cases: int = 10, seed_start: int = DEFAULT_SEED_START, m
                        "subsample) to each count fraction",
         "reconstruction": {"algorithm": "OSEM", "iterations": settings["iterations"], "subsets": settings["subsets"],
                            "psf": True},
-        "prior": {"outer_iterations": settings["prior_outer"], "subsets": settings["subsets"], "weight": "default"},
+        "prior": {"start_iterations": settings["iterations"], "outer_iterations": settings["prior_outer"],
+                  "subsets": settings["subsets"], "weight": "default"},
         "reference": "full-count OSEM of the same acquisition", "units": "SUVbw",
         "noise": "liver CoV (liver eroded by 1 voxel)",
         "matched_noise_gaussian": f"FWHM in {FWHM_SEARCH_MM[0]:g}-{FWHM_SEARCH_MM[1]:g} mm giving the method's "
