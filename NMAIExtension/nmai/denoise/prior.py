@@ -1,8 +1,7 @@
 """Reconstruction with a denoising CNN as prior and local linear fitting (after Kim et al., IEEE TMI 2018).
 
-Starting from an OSEM image of ``start_iterations`` iterations (default 3, as a clinical OSEM: the prior
-should not start from an image whose lesions have not converged — from one iteration its lesions stayed
-17–20 % low), each outer iteration
+Starting from an OSEM image of ``start_iterations`` iterations (default 3, like the OSEM it is compared
+with; from one iteration the lesions had not recovered yet and stayed 17–20 % low), each outer iteration
 
 1. denoises the current image with the CNN: ``c = CNN(x)``;
 2. corrects the CNN's bias by local linear fitting (LLF) against the current image: in every small window
