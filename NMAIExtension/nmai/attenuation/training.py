@@ -3,7 +3,8 @@
 Data: whole-body phantoms (``nmai.sim.make_phantom``) from seeds never used for evaluation, each drawn at a
 random voxel size (3–5 mm) and resampled to the model's 4 mm grid (for the Dixon model a third are made on
 the 4 mm grid directly), so the network sees the blur of other MR resolutions; anatomy, body size, arms,
-tissue values, coil bias and noise vary with the seed, and extra noise is added per case. Inputs are normalised exactly as at inference (z-score in the body, per volume).
+tissue values, coil bias and noise vary with the seed, and extra noise is added per case. Inputs are
+normalised exactly as at inference (z-score in the body, per volume).
 
 Network: a 2.5-D MONAI U-Net — five neighbouring axial slices of each MR channel in, μ of the centre slice
 out (cm⁻¹ / 0.1). 2.5-D because on 2 CPU cores a 2-D network runs several times more efficiently than a
@@ -207,7 +208,8 @@ def bone_weighted_mse(pred, target):
     return (weight * (pred - target) ** 2).mean()
 
 
-LOSSES = {"l1": (bone_weighted_l1, "L1, bone voxels x5"), "mse": (bone_weighted_mse, "squared error, bone voxels x3")}
+LOSSES = {"l1": (bone_weighted_l1, "L1, bone voxels x5"),
+          "mse": (bone_weighted_mse, "squared error, bone voxels x3")}
 VERSIONS = {"dixon": "0.2.0", "t1": "0.1.0"}
 
 

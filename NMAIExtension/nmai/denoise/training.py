@@ -46,6 +46,7 @@ METHODS = ("cnn", "gan", "sr")
 NAMES = {"cnn": "denoise-cnn", "gan": "denoise-gan", "sr": "denoise-sr"}
 NORMALISATION = {"method": "robust_scale", "statistic": "mean_in_body", "body_fraction": 0.05}
 LARGE_CRYSTAL_GROUP = 2  # 8 mm crystals, 2x the default scanner's
+SR_LESIONS = (3, 9)      # lesions per sr phantom: integers in [lo, hi) (cnn/gan: the preset's)
 
 
 @dataclass(frozen=True)
@@ -60,7 +61,7 @@ class Preset:
     voxel_mm: tuple = (3.0, 5.0)
     lr: float = 1e-3
     adversarial_weight: float = 0.02
-    lesions: tuple = (3, 9)          # lesions per cnn/gan phantom: integers in [lo, hi) (sr: always 3-8)
+    lesions: tuple = (3, 9)          # lesions per cnn/gan phantom: integers in [lo, hi) (sr: SR_LESIONS)
     lesion_windows: float = 0.0      # share of training windows that contain a lesion centre (cnn, gan)
 
 
@@ -124,7 +125,7 @@ def make_case(seed: int, method: str, preset: Preset) -> dict:
     voxel = float(rng.uniform(*preset.voxel_mm))
     p = scan_params(rng)
     phantom = make_phantom("wholebody", seed=seed, voxel_mm=voxel, arms=bool(rng.random() < 0.4),
-                           lesions=int(rng.integers(*(preset.lesions if method != "sr" else (3, 9)))), mr=False)
+                           lesions=int(rng.integers(*(SR_LESIONS if method == "sr" else preset.lesions))), mr=False)
     act, mu = phantom.activity, phantom.mumap
     if method == "sr":
         act = with_hot_points(act, rng)
@@ -322,7 +323,8 @@ def train_denoise(method: str, out_dir, *, preset: str = "shipped", init=None, d
     network = network_spec(p)
     module = build_network(network)
     dev = pick_device(device)
-    sampler = PairSampler(cases, p.batch, 0.0 if method == "sr" else p.lesion_windows)
+    lesions, lesion_windows = (SR_LESIONS, 0.0) if method == "sr" else (p.lesions, p.lesion_windows)
+    sampler = PairSampler(cases, p.batch, lesion_windows)
     common = dict(steps=steps, seed=seed, checkpoint_dir=checkpoint_dir, progress=progress.sub(0.4, 0.9),
                   device=dev, log_every=max(1, steps // 20), checkpoint_every=max(1, steps // 10))
     init_from = None
@@ -352,8 +354,7 @@ def train_denoise(method: str, out_dir, *, preset: str = "shipped", init=None, d
         "data": {"phantoms": p.cases[method], "seeds": [seeds.start, seeds.stop - 1], "voxel_mm_range": list(p.voxel_mm),
                  "count_fractions": (list(p.fractions) if method != "sr" else [0.3, 1.0]),
                  "versions_per_phantom": p.per_case, "build_s": round(data_s, 1),
-                 "lesions_per_phantom": [3, 8] if method == "sr" else [p.lesions[0], p.lesions[1] - 1],
-                 "lesion_centred_windows": 0.0 if method == "sr" else p.lesion_windows,
+                 "lesions_per_phantom": [lesions[0], lesions[1] - 1], "lesion_centred_windows": lesion_windows,
                  "input": ("large-crystal (8 mm) OSEM without PSF" if method == "sr" else "thinned OSEM"),
                  "target": ("small-crystal (4 mm) full-count OSEM with PSF, independent realisation"
                             if method == "sr" else "full-count OSEM, independent Poisson realisation")}})
