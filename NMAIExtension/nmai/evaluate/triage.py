@@ -42,7 +42,7 @@ MODERATE_TEXT = {"motion": "10 mm rigid shift half-way through the scan",
                  "failed_blocks": "one dead block", "metal": "hip implant with a 20 mm μ-map void",
                  "low_counts": "10 % of the counts"}
 RULE_TYPES = {"truncation": "truncation", "metal": "mumap_void", "low_counts": "low_counts",
-              "motion": "pet_mumap_offset", "misregistration": "pet_mumap_offset"}
+              "motion": "pet_mumap_offset", "misregistration": "pet_mumap_offset", "respiratory": "diaphragm_band"}
 MIN_TRUNCATED_PERCENT = 1.0
 
 
