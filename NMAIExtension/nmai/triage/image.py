@@ -269,8 +269,8 @@ def diaphragm_band(pet: Volume, mu: Volume) -> dict | None:
     """``{band, columns, slice_range}``: the PET just above the μ-map's lung base, on a scale where the lung
     20–30 mm higher is 0 and the tissue 20–30 mm below the base is 1 (see the module docstring), the number
     of columns it was measured in and the slices of the band (PET slice indices); or None where it cannot
-    be measured:
-    slices not axial, no lung base over ≥ ``BAND_BELOW_MM`` of tissue in ≥ ``BAND_MIN_COLUMNS`` columns.
+    be measured (slices not axial; no lung base over ≥ ``BAND_BELOW_MM`` of tissue in ≥ ``BAND_MIN_COLUMNS``
+    columns).
 
     Per column (j, i) whose lowest lung voxel of the μ-map (0.003 < μ < 0.065 cm⁻¹, inside the body, in a
     large connected region) lies on tissue (μ > 0.085), the μ-map's lung base is placed where μ crosses
