@@ -96,3 +96,47 @@ def test_voxel_draws_keep_the_v01_phantoms():
     assert after() == (first, second)
     native = [draw_voxel(np.random.default_rng(s), (3.0, 5.0), native_fraction=1 / 3) for s in range(300)]
     assert 0.25 < np.mean(np.array(native) == SPACING_MM) < 0.42
+
+
+def test_mr_at_a_coarser_voxel_is_blurred_and_a_finer_one_is_the_grid():
+    from nmai.attenuation.training import mr_at_resolution
+
+    step = np.zeros((8, 8, 64), np.float32)
+    step[..., 32:] = 100.0
+    assert np.array_equal(mr_at_resolution(step, 3.0), step) and np.array_equal(mr_at_resolution(step, 4.0), step)
+    out = mr_at_resolution(step, 6.0)
+    assert out.shape == step.shape
+    assert np.allclose(out[..., :20], 0.0, atol=1e-3) and np.allclose(out[..., 44:], 100.0, atol=1e-3)
+    width = lambda a: int(((a[4, 4] > 10) & (a[4, 4] < 90)).sum())  # noqa: E731  voxels on the edge
+    assert width(step) == 0 and width(out) >= 2      # a 6 mm voxel spans 1.5 grid voxels, plus anti-aliasing
+
+
+def test_dixon_target_is_the_4mm_phantoms_own_mumap_and_t1_keeps_v01s(monkeypatch):
+    """Dixon (v0.3): the μ target is the phantom's μ-map on the 4 mm grid, untouched, and only the MR is
+    degraded. T1 (v0.1's recipe): the phantom is made at the drawn voxel size and resampled."""
+    import nmai.sim
+    from nmai.attenuation import training
+    from nmai.volume import Volume
+
+    rng = np.random.default_rng(0)
+    mu = rng.uniform(0.0, 0.17, (12, 20, 20)).astype(np.float32)
+    made = []
+
+    class Fake:
+        mumap = Volume(mu, (4.0,) * 3)
+        volumes = {n: Volume(rng.uniform(0.0, 500.0, mu.shape).astype(np.float32), (4.0,) * 3)
+                   for n in ("mr_water", "mr_fat", "mr_t1")}
+
+    def fake_phantom(name, seed, voxel_mm, **kw):
+        made.append(voxel_mm)
+        return Fake()
+
+    monkeypatch.setattr(nmai.sim, "make_phantom", fake_phantom)
+    case = training.make_case(3, "dixon", voxel_range=(5.5, 6.0))
+    assert made == [training.SPACING_MM] and 5.5 <= case["voxel_mm"] <= 6.0
+    assert np.allclose(case["y"] * training.MU_SCALE, mu, rtol=1e-6, atol=0)
+    assert case["x"].shape == (2, 12, 20, 20)
+    case = training.make_case(3, "t1", voxel_range=(5.5, 6.0))
+    zoom = case["voxel_mm"] / training.SPACING_MM                             # the 5.5-6 mm phantom on 4 mm
+    assert made[1] == case["voxel_mm"] and case["y"].shape == tuple(round(n * zoom) for n in mu.shape)
+    assert training.data_format("dixon")["roi_size"] == [160, 160] and training.data_format("t1")["roi_size"] == [128, 128]

@@ -417,62 +417,87 @@ def test_offset_rule_reports_lps_on_an_oblique_volume():
     assert found == [] and ev["rule_scores"]["pet_mumap_offset"] < 0.2
 
 
-def lung_base_pair(cold_band: bool = False, voxel=(4.0, 4.0, 2.0), sigma_mm: float = 4.0):
-    """A trunk (cylinder, μ 0.096) with lung (μ 0.03) in its core above slice 40, and a PET that steps from
+def lung_base_pair(cold_band: bool = False, voxel=(4.0, 4.0, 2.0), sigma_mm: float = 4.0, gas: bool = False):
+    """A trunk (cylinder, μ 0.096) with lung (μ 0.01) in its core above slice 40, and a PET that steps from
     tissue (3000 Bq/ml) to lung (1000) at the μ-map's lung base (where μ crosses 0.065), blurred along z by
     a Gaussian of sigma_mm; ``cold_band`` halves the PET over the 10 mm above the base, as tissue
-    corrected with lung attenuation (an inspiration μ-map) reads. Returns (pet, mu, base_mm)."""
+    corrected with lung attenuation (an inspiration μ-map) reads; ``gas`` puts a gas pocket (μ 0) 14–16 mm
+    under the base of one quadrant of the lung. Returns (pet, mu, base_mm, lung_columns_on_tissue)."""
     from scipy.stats import norm
 
     n = (80, 40, 40)                                    # k, j, i
     k, j, i = np.indices(n, dtype=float)
     r = np.hypot((i - 19.5) * voxel[0], (j - 19.5) * voxel[1])
+    lung = r[0] <= 40.0
     mu = np.where(r <= 60.0, 0.096, 0.0)
-    mu[(r <= 40.0) & (k >= 40)] = 0.03
-    base = (39 + (0.096 - 0.065) / (0.096 - 0.03)) * voxel[2]
+    mu[:, lung] = np.where(k[:, lung] >= 40, 0.01, mu[:, lung])
+    base = (39 + (0.096 - 0.065) / (0.096 - 0.01)) * voxel[2]
     z = k * voxel[2] - base
+    on_tissue = lung.copy()
+    if gas:
+        pocket = lung & (j[0] < 20) & (i[0] < 20)
+        mu[(k >= 31) & (k <= 32) & pocket] = 0.0
+        on_tissue &= ~pocket
     pet = np.where(r <= 60.0, 1000.0 + 2000.0 * norm.cdf(-z / sigma_mm), 0.0)
     if cold_band:
         pet[(r <= 40.0) & (z >= 0) & (z <= 10.0)] *= 0.5
     geo = dict(spacing=voxel, origin=(-80.0, -80.0, -100.0))
     return (Volume(pet.astype(np.float32), modality="PT", units="Bq/ml", **geo),
-            Volume(mu.astype(np.float32), units="cm-1", **geo), base)
+            Volume(mu.astype(np.float32), units="cm-1", **geo), base, int(on_tissue.sum()))
 
 
 def test_diaphragm_band_measures_the_pet_above_the_mumaps_lung_base():
     from scipy.stats import norm
 
-    from nmai.triage.image import BAND_MM, BAND_THRESHOLD, breathing_rule, diaphragm_band
+    from nmai.triage.image import BAND_MM, BAND_THRESHOLD, breathing_rule, diaphragm_band, triage_image
 
-    pet, mu, _ = lung_base_pair()
+    pet, mu, _, columns = lung_base_pair()
     res = diaphragm_band(pet, mu)
-    # the normalised profile above the base is the Gaussian tail, averaged over BAND_MM at every mm
+    # the normalised profile above the base is the Gaussian tail, averaged over BAND_MM at every mm; the
+    # base is where μ crosses 0.065 between the voxels (36 % of the way from tissue 0.096 to lung 0.01)
     offsets = np.arange(BAND_MM[0], BAND_MM[1] + 1)
-    assert res["band"] == pytest.approx(norm.cdf(-offsets / 4.0).mean(), abs=0.01)
-    assert res["columns"] == int((np.hypot(*np.indices((40, 40)) - 19.5) * 4.0 <= 40.0).sum())
+    assert res["band"] == pytest.approx(norm.cdf(-offsets / 4.0).mean(), abs=0.005)
+    assert res["columns"] == columns
+    assert res["slice_range"] == [39, 45]               # base at slice 39.36, band 10 mm = 5 slices above
     found, ev = breathing_rule(pet, mu)
     assert found == [] and ev["diaphragm_band"]["band"] > BAND_THRESHOLD
 
-    assert res["slice_range"] == [39, 45]               # base at slice 39.47, band 10 mm = 5 slices above
-    found, ev = breathing_rule(*lung_base_pair(cold_band=True)[:2])
+    pet, mu, _, columns = lung_base_pair(cold_band=True, gas=True)
+    res = diaphragm_band(pet, mu)
+    assert res["columns"] == columns < lung_base_pair()[3]       # no tissue under the gas pocket's lung
+    found, ev = breathing_rule(pet, mu)
     assert [f["type"] for f in found] == ["diaphragm_band"] and found[0]["alarm"] == "check"
     assert found[0]["slice_range"] == [39, 45]
     assert ev["diaphragm_band"]["band"] < 0 and found[0]["probability"] > 0.5
+    # the report runs the rule whenever a μ-map is given
+    report = triage_image(pet, mumap=mu, classifier=None, lesion_model=None)
+    assert report["evidence"]["diaphragm_band"]["band"] == pytest.approx(res["band"], abs=1e-4)
+    assert "diaphragm_band" in [a["type"] for a in report["artifacts"]]
 
 
 def test_diaphragm_band_follows_the_slice_direction_and_needs_axial_slices():
+    from scipy import ndimage
+
     from nmai.triage.image import diaphragm_band
 
-    pet, mu, _ = lung_base_pair(cold_band=True)
+    pet, mu, _, columns = lung_base_pair(cold_band=True)
     expected = diaphragm_band(pet, mu)["band"]
     # the same patient stored feet-first along k: slices reversed, k axis pointing to the feet
     flip = np.diag([1.0, 1.0, -1.0])
     flipped = [Volume(v.array[::-1].copy(), v.spacing, v.origin, flip, v.modality, v.units) for v in (pet, mu)]
     res = diaphragm_band(*flipped)
     assert res["band"] == pytest.approx(expected, abs=1e-6) and res["slice_range"] == [79 - 45, 79 - 39]
+    # a μ-map smoothed along z (σ 4 mm, as a vendor's at PET resolution): its partial-volume edge still counts
+    blurred = Volume(ndimage.gaussian_filter1d(mu.array, 2.0, axis=0), mu.spacing, mu.origin)
+    res = diaphragm_band(pet, blurred)
+    assert res["columns"] == columns and res["band"] < 0
     # sagittal slices (k along x): no lung base along k to measure
     sagittal = np.array([[0.0, 0.0, 1.0], [0.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
     assert diaphragm_band(*[Volume(v.array, v.spacing, v.origin, sagittal) for v in (pet, mu)]) is None
     # no lung in the μ-map (a pelvis bed): nothing measured, nothing listed
     pelvis = Volume(np.where(mu.array > 0, 0.096, 0.0).astype(np.float32), mu.spacing, mu.origin)
     assert diaphragm_band(pet, pelvis) is None
+    # a PET that is not finite where the band is measured
+    bad = pet.array.copy()
+    bad[40, 20, 20] = np.nan
+    assert diaphragm_band(Volume(bad, pet.spacing, pet.origin), mu) is None

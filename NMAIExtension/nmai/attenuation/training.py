@@ -26,7 +26,13 @@ from ..errors import NMAIError
 from ..progress import as_progress
 
 SPACING_MM = 4.0
-ROI = 128
+# Per model, the training window and the μ target (see :func:`make_case`). Dixon v0.3: 160 px windows
+# (640 mm at 4 mm), so every axial slice up to that width, arms included, is seen whole in training as at
+# inference (``unet.window_size``) — with 128 px windows a 140–160 px slice was only ever seen cropped in
+# training but whole at inference, the instance normalisation's statistics differ between the two, and on
+# phantoms with arms bone read 6 % low — and the 4 mm phantom's own μ-map as target. T1 keeps v0.1's recipe.
+ROIS = {"dixon": 160, "t1": 128}
+NATIVE_TARGET = {"dixon": True, "t1": False}
 CONTEXT = 2
 MU_SCALE = 0.1  # network output x 0.1 = μ in cm^-1
 BONE_MU = 0.105  # cm^-1: above soft tissue (≤ 0.101), below trabecular bone (≥ 0.107)
@@ -70,7 +76,7 @@ def network_spec(inputs: str, preset: Preset) -> dict:
 def data_format(inputs: str) -> dict:
     mr_in = {"channels": 1, "modality": "MR", "units": "a.u.",
              "normalisation": {"method": "zscore", "body_fraction": 0.05}}
-    return {"dims": 2, "context_slices": CONTEXT, "roi_size": [ROI, ROI],
+    return {"dims": 2, "context_slices": CONTEXT, "roi_size": [ROIS[inputs]] * 2,
             "spacing_mm": [SPACING_MM] * 3,
             "inputs": {name[3:]: dict(mr_in) for name in INPUTS[inputs]},
             "outputs": {"mumap": {"channels": 1, "modality": "OT", "units": "cm-1", "activation": "none",
@@ -89,10 +95,31 @@ def draw_voxel(rng: np.random.Generator, voxel_range, random_resolution: bool = 
     return voxel
 
 
+def mr_at_resolution(array: np.ndarray, voxel_mm: float) -> np.ndarray:
+    """An MR image of the 4 mm grid as if it had been acquired with ``voxel_mm`` voxels and resampled to the
+    grid, as inference does: for voxels coarser than 4 mm, anti-aliased down to that voxel size and linearly
+    back up; an MR as fine as the grid or finer is resampled to the grid's own resolution (unchanged)."""
+    from scipy import ndimage
+
+    array = np.asarray(array, np.float32)
+    zoom = SPACING_MM / voxel_mm
+    if zoom >= 1 - 1e-6:
+        return array
+    coarse = ndimage.zoom(ndimage.gaussian_filter(array, sigma=0.5 / zoom * 0.85), zoom, order=1)
+    return ndimage.zoom(coarse, np.divide(array.shape, coarse.shape), order=1)
+
+
 def make_case(seed: int, inputs: str, voxel_range=(3.0, 5.0), *, random_resolution: bool = True,
               native_fraction: float = 0.0) -> dict:
-    """One phantom's normalised MR channels (C, Z, Y, X) and μ target (Z, Y, X) on the 4 mm grid: made at a
-    random voxel size and resampled, or (with probability ``native_fraction``) made on the 4 mm grid."""
+    """One phantom's normalised MR channels (C, Z, Y, X) and μ target (Z, Y, X) on the 4 mm grid.
+
+    With ``NATIVE_TARGET[inputs]`` (Dixon since v0.3) the phantom is made on the 4 mm grid, so the μ target
+    is the phantom's own μ-map, block-averaged from its supersampled grid exactly as the evaluation's truth,
+    and only the MR is degraded to the drawn voxel size (:func:`mr_at_resolution`; with probability
+    ``native_fraction`` none is drawn). Otherwise (T1, v0.1's recipe) the phantom is made at the drawn
+    voxel size and MR and μ are both resampled to 4 mm, which blurs the μ target by about 2 mm (σ): a
+    network trained on it spreads cortical μ into marrow and the tissue around the bone, and the PET in
+    bone reads 3–4 % low."""
     from scipy import ndimage
 
     from ..models.normalisation import compute_stats, normalise
@@ -100,34 +127,36 @@ def make_case(seed: int, inputs: str, voxel_range=(3.0, 5.0), *, random_resoluti
 
     rng = np.random.default_rng(np.random.SeedSequence([seed, 7]))
     voxel = draw_voxel(rng, voxel_range, random_resolution, native_fraction)
-    phantom = make_phantom("wholebody", seed=seed, voxel_mm=voxel, arms=bool(rng.random() < 0.4))
+    native = NATIVE_TARGET[inputs]
+    phantom = make_phantom("wholebody", seed=seed, voxel_mm=SPACING_MM if native else voxel,
+                           arms=bool(rng.random() < 0.4))
     zoom = voxel / SPACING_MM
 
-    def on_grid(array, order=1):
+    def on_grid(array):                     # v0.1: the phantom's grid resampled to 4 mm
         array = np.asarray(array, np.float32)
         if abs(zoom - 1) < 1e-6:
             return array
         if zoom < 1:  # larger voxels: anti-alias first, as the inference resampler does
             array = ndimage.gaussian_filter(array, sigma=0.5 / zoom * 0.85)
-        return ndimage.zoom(array, zoom, order=order)
+        return ndimage.zoom(array, zoom, order=1)
 
     spec = data_format(inputs)["inputs"]
     x, pad = [], []
     for name in INPUTS[inputs]:
         norm = spec[name[3:]]["normalisation"]
-        raw = on_grid(phantom.volumes[name].array)
+        raw = mr_at_resolution(phantom.volumes[name].array, voxel) if native else on_grid(phantom.volumes[name].array)
         raw = np.abs(raw + rng.normal(0, rng.uniform(0, 20), raw.shape).astype(np.float32))  # extra noise
         stats = compute_stats(raw, norm)
         x.append(normalise(raw, norm, stats))
         pad.append(float(normalise(np.zeros(1, np.float32), norm, stats)[0]))  # air, normalised
-    mu = on_grid(phantom.mumap.array) / MU_SCALE
+    mu = (np.asarray(phantom.mumap.array, np.float32) if native else on_grid(phantom.mumap.array)) / MU_SCALE
     return {"x": np.stack(x), "y": mu.astype(np.float32), "pad": pad, "seed": seed, "voxel_mm": voxel}
 
 
-def _pad_case(case: dict) -> dict:
-    """Pad in-plane to at least ROI with each channel's normalised air value (and μ 0)."""
+def _pad_case(case: dict, roi: int) -> dict:
+    """Pad in-plane to at least ``roi`` with each channel's normalised air value (and μ 0)."""
     _, nz, ny, nx = case["x"].shape
-    py, px = max(0, ROI - ny), max(0, ROI - nx)
+    py, px = max(0, roi - ny), max(0, roi - nx)
     if py or px:
         pads = ((0, 0), (py // 2, py - py // 2), (px // 2, px - px // 2))
         case["x"] = np.stack([np.pad(c, pads, constant_values=v) for c, v in zip(case["x"], case["pad"])])
@@ -152,7 +181,7 @@ def build_cases(seeds, inputs: str, voxel_range=(3.0, 5.0), workers: int = 1, pr
     try:
         cases = []
         for i, case in enumerate(made):
-            cases.append(_pad_case(case))
+            cases.append(_pad_case(case, ROIS[inputs]))
             progress((i + 1) / len(seeds), f"phantom {i + 1}/{len(seeds)}")
         return cases
     finally:
@@ -161,12 +190,12 @@ def build_cases(seeds, inputs: str, voxel_range=(3.0, 5.0), workers: int = 1, pr
 
 
 class SliceSampler:
-    """Random 2.5-D training windows: (B, C·(2k+1), ROI, ROI) inputs and (B, 1, ROI, ROI) μ targets."""
+    """Random 2.5-D training windows: (B, C·(2k+1), roi, roi) inputs and (B, 1, roi, roi) μ targets."""
 
-    def __init__(self, cases: list[dict], batch: int, device):
+    def __init__(self, cases: list[dict], batch: int, device, roi: int = 128):
         import torch
 
-        self.batch = batch
+        self.batch, self.roi = batch, roi
         self.x = [torch.from_numpy(c["x"]).to(device) for c in cases]
         self.y = [torch.from_numpy(c["y"]).to(device) for c in cases]
 
@@ -180,10 +209,11 @@ class SliceSampler:
             nz, ny, nx = y.shape
             k = int(rng.integers(nz))
             ks = [min(max(k + d, 0), nz - 1) for d in range(-CONTEXT, CONTEXT + 1)]  # edges repeat
-            j0, i0 = int(rng.integers(ny - ROI + 1)), int(rng.integers(nx - ROI + 1))
-            win = x[:, ks, j0:j0 + ROI, i0:i0 + ROI]  # (C, 2k+1, ROI, ROI): channel-major like inference
-            xs.append(win.reshape(-1, ROI, ROI))
-            ys.append(y[k:k + 1, j0:j0 + ROI, i0:i0 + ROI])
+            r = self.roi
+            j0, i0 = int(rng.integers(ny - r + 1)), int(rng.integers(nx - r + 1))
+            win = x[:, ks, j0:j0 + r, i0:i0 + r]  # (C, 2k+1, r, r): channel-major like inference
+            xs.append(win.reshape(-1, r, r))
+            ys.append(y[k:k + 1, j0:j0 + r, i0:i0 + r])
         return torch.stack(xs), torch.stack(ys)
 
 
@@ -210,7 +240,7 @@ def bone_weighted_mse(pred, target):
 
 LOSSES = {"l1": (bone_weighted_l1, "L1, bone voxels x5"),
           "mse": (bone_weighted_mse, "squared error, bone voxels x3")}
-VERSIONS = {"dixon": "0.2.0", "t1": "0.1.0"}
+VERSIONS = {"dixon": "0.3.0", "t1": "0.1.0"}
 
 
 def mu_metrics(pred_mu: np.ndarray, true_mu: np.ndarray) -> dict:
@@ -245,7 +275,7 @@ def train_attenuation(inputs: str, out_dir, *, preset: str = "shipped", device=N
     from ..models.loading import pick_device
 
     dev = pick_device(device)
-    sampler = SliceSampler(cases, p.batch, dev)
+    sampler = SliceSampler(cases, p.batch, dev, ROIS[inputs])
     result = train(module, sampler, loss_fn, steps=steps, lr=p.lr, seed=seed,
                    checkpoint_dir=checkpoint_dir, progress=progress.sub(0.3, 0.9), device=dev,
                    log_every=max(1, steps // 20), checkpoint_every=max(1, steps // 10), warmup_steps=steps // 30)
@@ -253,7 +283,9 @@ def train_attenuation(inputs: str, out_dir, *, preset: str = "shipped", device=N
     training = card_training(result, command or f"nmai train attenuation --inputs {inputs} --preset {preset}", preset)
     training.update({"batch_size": p.batch, "loss": loss_text,
                      "data": {"phantoms": p.cases, "seeds": [train_seeds.start, train_seeds.stop - 1],
-                              "voxel_mm_range": list(p.voxel_mm),
+                              "mr_voxel_mm_range": list(p.voxel_mm), "window_px": ROIS[inputs],
+                              "mu_target": ("the 4 mm phantom's own μ-map" if NATIVE_TARGET[inputs]
+                                            else "the phantom's μ-map resampled to 4 mm"),
                               "native_4mm_fraction": round(p.native_fraction[inputs], 3), "build_s": round(data_s, 1)}})
     folder = Path(out_dir) / NAMES[inputs]
 
@@ -268,8 +300,10 @@ def train_attenuation(inputs: str, out_dir, *, preset: str = "shipped", device=N
             intended_use="research only; trained on simulated phantoms — validate on your scanner's data and "
                          "retrain with `nmai train attenuation` before any use on patients",
             data_source=f"NMAI simulator whole-body phantoms, seeds {train_seeds.start}-{train_seeds.stop - 1}, "
-                        f"voxel {p.voxel_mm[0]:g}-{p.voxel_mm[1]:g} mm resampled to 4 mm"
-                        + (f" ({p.native_fraction[inputs]:.0%} made on the 4 mm grid)" if p.native_fraction[inputs] else "")
+                        + ("made on the 4 mm grid (the μ target is the phantom's own μ-map); the MR degraded to a "
+                           f"voxel of {p.voxel_mm[0]:g}-{p.voxel_mm[1]:g} mm and resampled back" if NATIVE_TARGET[inputs]
+                           else f"voxel {p.voxel_mm[0]:g}-{p.voxel_mm[1]:g} mm resampled to 4 mm")
+                        + (f" ({p.native_fraction[inputs]:.0%} at 4 mm)" if p.native_fraction[inputs] else "")
                         + ", with and without arms",
             metrics=metrics)
         save_model(module, folder, card)
@@ -291,9 +325,9 @@ def validate(module, inputs: str, seeds) -> dict:
 
     per_case = []
     for seed in seeds:
-        case = _pad_case(make_case(seed, inputs, random_resolution=False))  # air padding, as in training
+        case = _pad_case(make_case(seed, inputs, random_resolution=False), ROIS[inputs])  # air padding, as in training
         with torch.no_grad():
-            y, _ = sliding_predict(module, case["x"], dims=2, context_slices=CONTEXT, roi_size=[ROI, ROI],
+            y, _ = sliding_predict(module, case["x"], dims=2, context_slices=CONTEXT, roi_size=[ROIS[inputs]] * 2,
                                    out_channels=1, device="cpu")
         per_case.append(mu_metrics(y[0] * MU_SCALE, case["y"] * MU_SCALE))
     keys = per_case[0].keys() if per_case else []

@@ -45,13 +45,14 @@ in ``evidence["rule_scores"]``):
 * **diaphragm band** (μ-map; breathing against a μ-map taken in deeper inspiration): the PET in the lowest
   ``BAND_MM`` (0–10 mm) of the μ-map's lung, above its base, on a scale where the lung 20–30 mm higher is
   0 and the tissue 20–30 mm below the base is 1 (median over every column whose lung base lies on
-  ≥ 25 mm of tissue). Where the μ-map puts lung over tissue that the PET saw there for most of the
-  breathing cycle, that tissue is corrected with lung attenuation and reads as cold as the lung or
-  colder (the photopenic "banana" over the liver dome); without the artifact, spill from the tissue
-  below keeps it above the lung. Threshold 0 (as cold as the lung), score 0.5 × (0.2 − band) / 0.2. On
-  seeds 36000–36027 (4.5–6.5 mm voxels): clean scans 0.046–0.163, 15 mm breathing with the end-inspiration
-  μ-map −0.227–0.129 (18 of 28 below 0, AUC 0.95); at 3 mm voxels (seeds 36030–36032) clean 0.024–0.082,
-  breathing −0.159 to −0.086. Needs axial slices and a lung base in the field of view.
+  ≥ 25 mm of tissue, see :func:`diaphragm_band`). Where the μ-map puts lung over tissue that the PET saw
+  there for most of the breathing cycle, that tissue is corrected with lung attenuation and reads as cold
+  as the lung or colder (the photopenic "banana" over the liver dome); without the artifact, spill from
+  the tissue below keeps it above the lung. Threshold 0 (as cold as the lung), score
+  0.5 × (0.2 − band) / 0.2. On seeds 36000–36027 (4.5–6.5 mm voxels): clean scans 0.070–0.175, 15 mm
+  breathing with the end-inspiration μ-map −0.204 to 0.131 (14 of 28 below 0, AUC 0.96); at 3 mm voxels
+  (seeds 36030–36032) clean 0.047–0.094, breathing −0.130 to −0.071. Needs axial slices and a lung base
+  in the field of view.
 * **raw data** (acquisition folder): every frame through :func:`nmai.triage.raw.watch_frames`; failed
   blocks, count-rate changes and motion are listed with the frames they were found in.
 """
@@ -269,52 +270,56 @@ def diaphragm_band(pet: Volume, mu: Volume) -> dict | None:
     """``{band, columns, slice_range}``: the PET just above the μ-map's lung base, on a scale where the lung
     20–30 mm higher is 0 and the tissue 20–30 mm below the base is 1 (see the module docstring), the number
     of columns it was measured in and the slices of the band (PET slice indices); or None where it cannot
-    be measured (slices not axial; no lung base over ≥ ``BAND_BELOW_MM`` of tissue in ≥ ``BAND_MIN_COLUMNS``
-    columns).
+    be measured: slices not axial, a PET that is not finite there, or fewer than ``BAND_MIN_COLUMNS``
+    columns that qualify with 30 mm of profile inside the field of view on both sides.
 
-    Per column (j, i) whose lowest lung voxel of the μ-map (0.003 < μ < 0.065 cm⁻¹, inside the body, in a
-    large connected region) lies on tissue (μ > 0.085), the μ-map's lung base is placed where μ crosses
-    0.065 between the two voxels, and the PET is sampled every mm from 30 mm below to 30 mm above it; the
-    median over columns of the normalised profiles is averaged over ``BAND_MM`` above the base."""
+    A column (j, i) qualifies where the μ-map's lowest lung voxel (0.003 < μ < 0.065 cm⁻¹ inside the body,
+    in a large connected region) lies on a voxel of μ ≥ 0.065 (a blurred μ-map's edge may be partial
+    volume) with tissue (μ > 0.085) from the next voxel down over ``BAND_BELOW_MM``, and where the PET's
+    tissue below is at least 1.25 × its lung above. The base lies where μ crosses 0.065 between the two
+    voxels; the PET is sampled every mm from 30 mm below to 30 mm above it, and the median over columns of
+    the normalised profiles is averaged over ``BAND_MM``."""
     from scipy import ndimage
 
     k_axis = np.asarray(pet.direction, float)[:, 2]            # LPS direction of the slice axis
     if abs(k_axis[2]) < 0.9:
         return None
     p, m = (pet.array, mu.array) if k_axis[2] > 0 else (pet.array[::-1], mu.array[::-1])   # k to the head
-    dz = float(pet.spacing[2])
+    nz, dz = p.shape[0], float(pet.spacing[2])
     body = ndimage.binary_fill_holes(m > 0.05, _IN_PLANE)
     lab, n = ndimage.label((m > 0.003) & (m < 0.065) & ndimage.binary_erosion(body, _IN_PLANE, iterations=2))
     if not n:
         return None
     sizes = np.bincount(lab.ravel())[1:]
     lung = np.isin(lab, np.flatnonzero(sizes >= 0.2 * sizes.max()) + 1)
-    below = int(np.ceil(BAND_BELOW_MM / dz))
     kb = np.argmax(lung, axis=0)                                # lowest lung voxel of each column
-    ok = lung.any(axis=0) & (kb > below)
-    jj, ii = np.nonzero(ok)
-    kb = kb[ok]
-    tissue = np.stack([m[kb - t, jj, ii] > 0.085 for t in range(1, below + 1)]).all(axis=0)
-    jj, ii, kb = jj[tissue], ii[tissue], kb[tissue]
+    below = int(np.ceil(BAND_BELOW_MM / dz))
+    jj, ii = np.nonzero(lung.any(axis=0) & (kb > below + 1))
+    kb = kb[jj, ii]
     a, b = m[kb - 1, jj, ii], m[kb, jj, ii]
+    tissue = (a >= 0.065) & np.stack([m[kb - t, jj, ii] > 0.085 for t in range(2, below + 2)]).all(axis=0)
+    jj, ii, kb, a, b = jj[tissue], ii[tissue], kb[tissue], a[tissue], b[tissue]
     base = kb - 1 + (a - 0.065) / (a - b)                       # slices
     offsets = np.arange(-30.0, 31.0)                            # mm, + towards the head
     kk = base[:, None] + offsets[None, :] / dz
-    inside = (kk >= 0).all(axis=1) & (kk <= p.shape[0] - 1).all(axis=1)
-    if inside.sum() < BAND_MIN_COLUMNS:
+    inside = (kk >= 0).all(axis=1) & (kk <= nz - 1).all(axis=1)
+    kk, jj, ii, base = kk[inside], jj[inside], ii[inside], base[inside]
+    prof = ndimage.map_coordinates(p, [kk, np.broadcast_to(jj[:, None], kk.shape),
+                                       np.broadcast_to(ii[:, None], kk.shape)], order=1, output=np.float32)
+    if not np.isfinite(prof).all():
         return None
-    kk, jj, ii = kk[inside], jj[inside], ii[inside]
-    prof = ndimage.map_coordinates(p.astype(np.float32), [kk, np.broadcast_to(jj[:, None], kk.shape),
-                                                          np.broadcast_to(ii[:, None], kk.shape)], order=1)
     tissue_level = prof[:, (offsets >= -30) & (offsets <= -20)].mean(axis=1)
     lung_level = prof[:, (offsets >= 20) & (offsets <= 30)].mean(axis=1)
-    q = np.median((prof - lung_level[:, None]) / np.maximum(tissue_level - lung_level, 1e-6)[:, None], axis=0)
+    keep = tissue_level > lung_level
+    if keep.sum() < BAND_MIN_COLUMNS:
+        return None
+    prof, tissue_level, lung_level, base = prof[keep], tissue_level[keep], lung_level[keep], base[keep]
+    q = np.median((prof - lung_level[:, None]) / (tissue_level - lung_level)[:, None], axis=0)
     band = (offsets >= BAND_MM[0]) & (offsets <= BAND_MM[1])
-    nz = p.shape[0]
-    k0 = int(np.floor(base[inside].min() + BAND_MM[0] / dz))
-    k1 = min(nz - 1, int(np.ceil(base[inside].max() + BAND_MM[1] / dz)))
+    k0 = int(np.floor(base.min() + BAND_MM[0] / dz))
+    k1 = min(nz - 1, int(np.ceil(base.max() + BAND_MM[1] / dz)))
     span = [k0, k1] if k_axis[2] > 0 else [nz - 1 - k1, nz - 1 - k0]
-    return {"band": float(q[band].mean()), "columns": int(inside.sum()), "slice_range": span}
+    return {"band": float(q[band].mean()), "columns": int(keep.sum()), "slice_range": span}
 
 
 def breathing_rule(pet: Volume, mu: Volume) -> tuple[list, dict]:
