@@ -1,8 +1,10 @@
 """Training the MR -> μ-map U-Nets on simulated phantoms (``nmai train attenuation``).
 
-Data: whole-body phantoms (``nmai.sim.make_phantom``) from seeds never used for evaluation, each drawn at a
-random voxel size (3–5 mm) and resampled to the model's 4 mm grid (for the Dixon model a third are made on
-the 4 mm grid directly), so the network sees the blur of other MR resolutions; anatomy, body size, arms,
+Data: whole-body phantoms (``nmai.sim.make_phantom``) from seeds never used for evaluation, each with an MR
+voxel size drawn in 3–5 mm, so the network sees the blur of other MR resolutions. Dixon (v0.3): the phantom
+is made on the 4 mm grid and only its MR is degraded to the drawn size (a third keep 4 mm), so the μ target
+is sharp; T1 (v0.1): the phantom is made at the drawn size and resampled, μ-map included (see
+:func:`make_case`). Anatomy, body size, arms,
 tissue values, coil bias and noise vary with the seed, and extra noise is added per case. Inputs are
 normalised exactly as at inference (z-score in the body, per volume).
 
@@ -10,8 +12,8 @@ Network: a 2.5-D MONAI U-Net — five neighbouring axial slices of each MR chann
 out (cm⁻¹ / 0.1). 2.5-D because on 2 CPU cores a 2-D network runs several times more efficiently than a
 3-D one (``../shared/design/NUMBERS.md``) while the neighbouring slices give the through-plane context that
 tells bone from air. The Dixon model's loss is squared error with bone voxels weighted ×3
-(:func:`bone_weighted_mse`), and a third of its phantoms are made directly on the 4 mm grid; the T1 model
-keeps v0.1's L1 with bone ×5 (:func:`bone_weighted_l1`). Bone is what the Dixon method gets wrong.
+(:func:`bone_weighted_mse`), in 160 px windows (``ROIS``); the T1 model keeps v0.1's L1 with bone ×5
+(:func:`bone_weighted_l1`) and 128 px windows. Bone is what the Dixon method gets wrong.
 """
 
 from __future__ import annotations
