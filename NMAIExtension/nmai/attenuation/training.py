@@ -4,9 +4,9 @@ Data: whole-body phantoms (``nmai.sim.make_phantom``) from seeds never used for 
 voxel size drawn in 3–5 mm, so the network sees the blur of other MR resolutions. Dixon (v0.3): the phantom
 is made on the 4 mm grid and only its MR is degraded to the drawn size (a third keep 4 mm), so the μ target
 is sharp; T1 (v0.1): the phantom is made at the drawn size and resampled, μ-map included (see
-:func:`make_case`). Anatomy, body size, arms,
-tissue values, coil bias and noise vary with the seed, and extra noise is added per case. Inputs are
-normalised exactly as at inference (z-score in the body, per volume).
+:func:`make_case`). Anatomy, body size, arms, tissue values, coil bias and noise vary with the seed, and
+extra noise is added per case. Inputs are normalised exactly as at inference (z-score in the body, per
+volume).
 
 Network: a 2.5-D MONAI U-Net — five neighbouring axial slices of each MR channel in, μ of the centre slice
 out (cm⁻¹ / 0.1). 2.5-D because on 2 CPU cores a 2-D network runs several times more efficiently than a
@@ -97,18 +97,25 @@ def draw_voxel(rng: np.random.Generator, voxel_range, random_resolution: bool = 
     return voxel
 
 
+def _zoom(array: np.ndarray, zoom) -> np.ndarray:
+    """Linear zoom, anti-aliased first where it shrinks, as the inference resampler does."""
+    from scipy import ndimage
+
+    if np.min(zoom) < 1:
+        array = ndimage.gaussian_filter(array, sigma=0.5 / np.min(zoom) * 0.85)
+    return ndimage.zoom(array, zoom, order=1)
+
+
 def mr_at_resolution(array: np.ndarray, voxel_mm: float) -> np.ndarray:
     """An MR image of the 4 mm grid as if it had been acquired with ``voxel_mm`` voxels and resampled to the
     grid, as inference does: for voxels coarser than 4 mm, anti-aliased down to that voxel size and linearly
     back up; an MR as fine as the grid or finer is resampled to the grid's own resolution (unchanged)."""
-    from scipy import ndimage
-
     array = np.asarray(array, np.float32)
     zoom = SPACING_MM / voxel_mm
     if zoom >= 1 - 1e-6:
         return array
-    coarse = ndimage.zoom(ndimage.gaussian_filter(array, sigma=0.5 / zoom * 0.85), zoom, order=1)
-    return ndimage.zoom(coarse, np.divide(array.shape, coarse.shape), order=1)
+    coarse = _zoom(array, zoom)
+    return _zoom(coarse, np.divide(array.shape, coarse.shape))
 
 
 def make_case(seed: int, inputs: str, voxel_range=(3.0, 5.0), *, random_resolution: bool = True,
@@ -122,8 +129,6 @@ def make_case(seed: int, inputs: str, voxel_range=(3.0, 5.0), *, random_resoluti
     voxel size and MR and μ are both resampled to 4 mm, which blurs the μ target by about 2 mm (σ): a
     network trained on it spreads cortical μ into marrow and the tissue around the bone, and the PET in
     bone reads 3–4 % low."""
-    from scipy import ndimage
-
     from ..models.normalisation import compute_stats, normalise
     from ..sim import make_phantom
 
@@ -136,17 +141,15 @@ def make_case(seed: int, inputs: str, voxel_range=(3.0, 5.0), *, random_resoluti
 
     def on_grid(array):                     # v0.1: the phantom's grid resampled to 4 mm
         array = np.asarray(array, np.float32)
-        if abs(zoom - 1) < 1e-6:
-            return array
-        if zoom < 1:  # larger voxels: anti-alias first, as the inference resampler does
-            array = ndimage.gaussian_filter(array, sigma=0.5 / zoom * 0.85)
-        return ndimage.zoom(array, zoom, order=1)
+        return array if abs(zoom - 1) < 1e-6 else _zoom(array, zoom)
+
+    mr_on_grid = (lambda a: mr_at_resolution(a, voxel)) if native else on_grid  # noqa: E731
 
     spec = data_format(inputs)["inputs"]
     x, pad = [], []
     for name in INPUTS[inputs]:
         norm = spec[name[3:]]["normalisation"]
-        raw = mr_at_resolution(phantom.volumes[name].array, voxel) if native else on_grid(phantom.volumes[name].array)
+        raw = mr_on_grid(phantom.volumes[name].array)
         raw = np.abs(raw + rng.normal(0, rng.uniform(0, 20), raw.shape).astype(np.float32))  # extra noise
         stats = compute_stats(raw, norm)
         x.append(normalise(raw, norm, stats))
