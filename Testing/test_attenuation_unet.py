@@ -259,6 +259,51 @@ def test_missing_built_in_model_names_it_and_how_to_make_it(monkeypatch, tmp_pat
         unet_mumap({"t1": t1}, model=str(tmp_path / "nowhere"))
 
 
+def test_soft_tissue_smoothing_removes_noise_that_reads_as_bone_and_keeps_the_rest():
+    """Noisy soft tissue (SD 0.004 cm-1 around 0.100), a bone rod (0.15 core), fat and lung: the noise's upper
+    tail crosses the bone threshold before and not after; bone cores, their neighbours, fat and lung keep their
+    values; soft tissue keeps its mean (normalised convolution) and its noise falls to the averaging's level."""
+    from nmai.attenuation.training import BONE_MU
+    from nmai.attenuation.unet import smooth_soft_tissue
+
+    rng = np.random.default_rng(3)
+    shape = (20, 48, 48)
+    k, j, i = np.meshgrid(*(np.arange(n) for n in shape), indexing="ij")
+    mu = 0.100 + 0.004 * rng.standard_normal(shape)
+    rod = (j - 24) ** 2 + (i - 30) ** 2 <= 9
+    mu[rod] = 0.15
+    mu[:, :, :8] = 0.088   # fat
+    mu[:, 40:, :] = 0.022  # lung
+    mu = mu.astype(np.float32)
+    before = mu.copy()
+    out = smooth_soft_tissue(mu, (4.0, 4.0, 4.0))
+    np.testing.assert_array_equal(mu, before)  # the input is not modified
+    from scipy.ndimage import binary_dilation, distance_transform_edt
+
+    kept = binary_dilation(rod) | (mu < 0.095)
+    np.testing.assert_array_equal(out[kept], mu[kept])
+    soft = ~kept & (distance_transform_edt(~rod) > 4) & (i >= 12) & (j < 36)
+    assert np.count_nonzero(mu[soft] > BONE_MU) > 100
+    assert np.count_nonzero(out[soft] > BONE_MU) == 0
+    assert abs(out[soft].mean() - mu[soft].mean()) < 2e-4
+    # σ 6 mm on 4 mm voxels averages ~(2 sqrt(pi) 1.5)^3 = 150 voxels: the SD falls ~12-fold
+    assert out[soft].std() < mu[soft].std() / 6
+    # anisotropic voxels: σ is in millimetres, so 2 mm slices average over twice as many slices
+    thin = smooth_soft_tissue(mu, (4.0, 4.0, 2.0))
+    assert thin[soft].std() < out[soft].std()
+
+
+def test_unet_mumap_smooths_soft_tissue_by_default_and_says_so(models):
+    from nmai.attenuation.unet import SOFT_SMOOTHING, unet_mumap
+
+    water, fat, _ = torso()
+    smooth = unet_mumap({"water": water, "fat": fat}, model=models["dixon"])
+    raw = unet_mumap({"water": water, "fat": fat}, model=models["dixon"], soft_smoothing=False)
+    assert smooth.metadata["parameters"]["soft_tissue_smoothing"] == SOFT_SMOOTHING
+    assert raw.metadata["parameters"]["soft_tissue_smoothing"] is None
+    assert smooth.same_grid(raw, tol=0) and not np.array_equal(smooth.array, raw.array)
+
+
 def test_window_is_a_whole_slice_when_the_slice_is_near_the_patch():
     from nmai.attenuation.unet import window_size
 
@@ -298,6 +343,9 @@ def test_cli_t1_and_the_method_rules(models, tmp_path, capsys, monkeypatch):
     out = tmp_path / "mu.nii.gz"
     assert main(["attenuation", "--t1", t1, "--model", models["t1"], "--out", str(out)]) == 0
     assert read_volume(out).metadata["parameters"]["inputs"] == "t1"
+    assert read_volume(out).metadata["parameters"]["soft_tissue_smoothing"]["sigma_mm"] == 6.0
+    assert main(["attenuation", "--t1", t1, "--model", models["t1"], "--no-soft-smoothing", "--out", str(out)]) == 0
+    assert read_volume(out).metadata["parameters"]["soft_tissue_smoothing"] is None
     out.unlink()
     assert main(["attenuation", "--t1", t1, "--method", "dixon4", "--out", str(out)]) == 2
     assert "needs Dixon water and fat" in capsys.readouterr().err and not out.exists()
@@ -306,7 +354,10 @@ def test_cli_t1_and_the_method_rules(models, tmp_path, capsys, monkeypatch):
     assert "--fat" in err and "--t1" in err and not out.exists()
     assert main(["attenuation", "--water", w, "--fat", f, "--method", "dixon4", "--model", models["dixon"],
                  "--out", str(out)]) == 2
-    assert "--model applies to --method unet" in capsys.readouterr().err
+    assert "--model and --no-soft-smoothing apply to --method unet" in capsys.readouterr().err
+    assert main(["attenuation", "--water", w, "--fat", f, "--method", "dixon4", "--no-soft-smoothing",
+                 "--out", str(out)]) == 2
+    assert "apply to --method unet" in capsys.readouterr().err and not out.exists()
     # without an installed model: dixon4 for Dixon input (said in the result), a clear error for T1
     monkeypatch.setattr("nmai.attenuation.unet.model_installed", lambda kind, model=None: False)
     assert main(["--jsonl", "attenuation", "--water", w, "--fat", f, "--out", str(out)]) == 0

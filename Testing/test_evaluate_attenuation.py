@@ -25,12 +25,14 @@ def model(tmp_path_factory):
 def test_quick_evaluation_writes_the_json_schema_and_the_figure(model, tmp_path, capsys):
     out, png = tmp_path / "eval.json", tmp_path / "eval.png"
     assert main(["evaluate", "attenuation", "--cases", "1", "--quick", "--model", model,
-                 "--json", str(out), "--figure", str(png)]) == 0
+                 "--methods", "unet,unet-raw,dixon4", "--json", str(out), "--figure", str(png)]) == 0
     assert "evaluated 1 case" in capsys.readouterr().out
     r = json.loads(out.read_text())
     assert r["cases"] == 1 and r["seeds"] == [100] and r["duration_s"] > 0
-    assert set(r["methods"]) == {"unet", "dixon4"}
-    for method in ("unet", "dixon4"):
+    assert set(r["methods"]) == {"unet", "unet-raw", "dixon4"}
+    # the same network with and without its soft-tissue smoothing: two different μ-maps
+    assert r["methods"]["unet"]["mu_mae_cm-1"] != r["methods"]["unet-raw"]["mu_mae_cm-1"]
+    for method in ("unet", "unet-raw", "dixon4"):
         m = r["methods"][method]
         assert set(m["regions"]) == set(REGIONS)
         for region in ("bone", "soft_tissue", "lung", "fat", "liver"):

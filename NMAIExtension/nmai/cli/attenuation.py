@@ -37,6 +37,9 @@ def add_parser(sub):
                    help="U-Net model: a model folder (metadata.json + model.safetensors, e.g. made by "
                         "`nmai train attenuation`) or a built-in name (default attenuation-dixon-unet for "
                         "--water/--fat, attenuation-t1-unet for --t1)")
+    p.add_argument("--no-soft-smoothing", dest="soft_smoothing", action="store_false",
+                   help="U-Net: keep the network's raw soft tissue (by default soft tissue is smoothed with "
+                        "soft tissue only, Gaussian σ 6 mm, which removes MR noise that reads as bone)")
     p.add_argument("--kvp", type=int, default=120, choices=sorted(CARNEY),
                    help="CT tube voltage for CT -> μ and for the pseudo-CT (default 120)")
     p.add_argument("--out", required=True, help="output μ-map (.nii.gz, .nrrd)")
@@ -88,8 +91,8 @@ def _choose_method(args, kind: str) -> tuple[str, list]:
         if kind == "t1":
             raise NMAIError("--method dixon4 needs Dixon water and fat images (--water W --fat F); with a T1 "
                             "image use --method unet (the T1 model)")
-        if args.model:
-            raise NMAIError("--model applies to --method unet only")
+        if args.model or not args.soft_smoothing:
+            raise NMAIError("--model and --no-soft-smoothing apply to --method unet only")
     return method, warnings
 
 
@@ -111,7 +114,8 @@ def _from_mr(args, progress):
         progress(0.3, "Dixon 4-class μ-map")
         mu = dixon4_mumap(water, fat)
     else:
-        mu = unet_mumap(inputs, model=args.model, progress=progress.sub(0.0, 0.75))
+        mu = unet_mumap(inputs, model=args.model, soft_smoothing=args.soft_smoothing,
+                        progress=progress.sub(0.0, 0.75))
     if warnings:
         mu.metadata.setdefault("warnings", []).extend(warnings)
     return mu
@@ -137,8 +141,9 @@ def run(args, progress):
         if out:
             refuse_overwriting(out, *inputs)
     progress(0.0, "reading inputs")
-    if args.ct and (args.method or args.model or args.fat):
-        raise NMAIError("--method, --model and --fat apply to MR inputs (--water/--fat or --t1), not to --ct")
+    if args.ct and (args.method or args.model or args.fat or not args.soft_smoothing):
+        raise NMAIError("--method, --model, --fat and --no-soft-smoothing apply to MR inputs (--water/--fat or "
+                        "--t1), not to --ct")
     mu = _from_ct(args, progress) if args.ct else _from_mr(args, progress)
     difference, rows = _comparison(args, mu, progress)
     pct = mu.derive(mu_to_hu(mu.array, args.kvp), units="HU", modality="CT",

@@ -27,7 +27,8 @@ def add_parser(sub):
     p.add_argument("--seed-start", type=int, default=100, metavar="S",
                    help="first phantom seed (default 100; must stay below 10000, where the training seeds start)")
     p.add_argument("--methods", default=None, metavar="M,M",
-                   help="attenuation: comma-separated unet (Dixon U-Net), dixon4, unet-t1 (T1 U-Net); default "
+                   help="attenuation: comma-separated unet (Dixon U-Net), dixon4, unet-t1 (T1 U-Net), unet-raw (Dixon "
+                        "U-Net without its soft-tissue smoothing); default "
                         "unet,dixon4. denoise: cnn, gan, gaussian (matched-noise Gaussian and the NEMA curve), "
                         "prior (CNN-prior reconstruction), sr (super-resolution), cnn-raw (the cnn without its local fit); "
                         "default all")

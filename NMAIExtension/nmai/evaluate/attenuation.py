@@ -13,7 +13,8 @@ below 10000 are never seen by the models):
    (seed = case seed) instead;
 3. that acquisition reconstructed (OSEM, same iterations, subsets and PSF) with the true μ-map and with each
    method's μ-map (``dixon4`` from the Dixon water/fat images, ``unet`` from the same images with the Dixon
-   U-Net, ``unet-t1`` from the T1 image with the T1 U-Net). The scatter and randoms estimates stay those of
+   U-Net, ``unet-t1`` from the T1 image with the T1 U-Net, ``unet-raw`` the Dixon U-Net without its
+   soft-tissue smoothing). The scatter and randoms estimates stay those of
    the acquisition (computed from the true μ-map), so the error measured is that of attenuation correction
    alone;
 4. per region (labels of the phantom: bone = cortical + trabecular, soft tissue = muscle, lung, fat =
@@ -37,7 +38,7 @@ from ..errors import NMAIError
 from ..progress import as_progress
 from ..volume import Volume
 
-METHODS = ("unet", "dixon4", "unet-t1")
+METHODS = ("unet", "dixon4", "unet-t1", "unet-raw")
 DEFAULT_METHODS = ("unet", "dixon4")
 DEFAULT_SEED_START = 100
 TRAINING_SEEDS_FROM = 10_000
@@ -171,8 +172,9 @@ def method_mumap(method: str, phantom, models: dict, progress=None) -> Volume:
     v = phantom.volumes
     if method == "dixon4":
         return dixon4_mumap(v["mr_water"], v["mr_fat"])
-    if method == "unet":
-        return unet_mumap({"water": v["mr_water"], "fat": v["mr_fat"]}, model=models["unet"], progress=progress)
+    if method in ("unet", "unet-raw"):
+        return unet_mumap({"water": v["mr_water"], "fat": v["mr_fat"]}, model=models["unet"], progress=progress,
+                          soft_smoothing=method == "unet")
     if method == "unet-t1":
         return unet_mumap({"t1": v["mr_t1"]}, model=models["unet-t1"], progress=progress)
     raise NMAIError(f"unknown method {method!r}; use {', '.join(METHODS)}")
@@ -291,7 +293,7 @@ def write_figure(path, cases: list[dict], methods) -> None:
     fig = Figure(figsize=(4.2 * (n + 1), 4.0), dpi=110)
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, n + 1)
-    colours = {"unet": "tab:blue", "dixon4": "tab:red", "unet-t1": "tab:green"}
+    colours = {"unet": "tab:blue", "dixon4": "tab:red", "unet-t1": "tab:green", "unet-raw": "tab:grey"}
     for ax, method in zip(axes[:n], methods):
         hist = sum(c["methods"][method]["_hist"] for c in cases)
         image = ax.imshow(np.maximum(hist.T, 0.5), origin="lower", extent=[0, 0.2, 0, 0.2], aspect="equal",
@@ -356,7 +358,7 @@ def evaluate_attenuation(*, cases: int = 10, seed_start: int = DEFAULT_SEED_STAR
                 "iterations": iterations or (QUICK["iterations"] if quick else DEFAULT_ITERATIONS),
                 "subsets": subsets or (QUICK["subsets"] if quick else DEFAULT_SUBSETS)}
     models, provenance = {}, {}
-    if "unet" in methods:
+    if "unet" in methods or "unet-raw" in methods:
         models["unet"] = load_attenuation_model("dixon", model)
     if "unet-t1" in methods:
         models["unet-t1"] = load_attenuation_model("t1", t1_model)
