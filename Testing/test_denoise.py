@@ -91,8 +91,9 @@ def test_gaussian_and_learned_methods_keep_geometry_units_and_scale(models, smal
         out, info = denoise_volume(oblique, method, model=models[method])
         assert out.same_grid(oblique) and np.allclose(out.direction, oblique.direction)
         assert out.units == "Bq/ml" and out.modality == "PT" and info["note"] is None
-        # cnn/gan outputs are refitted to the input locally (keeps lesion SUVs); sr must not be
-        assert (info["local_fit_voxels"] is None) == (method == "sr")
+        # network outputs are refitted to the input locally (keeps lesion SUVs); sr then deconvolves
+        assert info["local_fit_voxels"] == [3, 3, 3]
+        assert (info["resolution_recovery"] is not None) == (method == "sr")
         assert np.all(out.array >= 0) and np.isfinite(out.array).all()
         assert out.metadata["denoising"]["model_sha256"] == json.load(
             open(f"{models[method]}/metadata.json"))["sha256"]
@@ -134,8 +135,6 @@ def test_bad_inputs_are_refused(models, small_sim, tmp_path):
         denoise_volume(pet.derive(pet.array - pet.array.max()), "cnn", model=models["cnn"])
     with pytest.raises(NMAIError, match="gaussian method only"):
         denoise_volume(pet, "cnn", fwhm_mm=4.0, model=models["cnn"])
-    with pytest.raises(NMAIError, match="undo super-resolution"):
-        denoise_volume(pet, "sr", local_fit=True, model=models["sr"])
     with pytest.raises(NMAIError, match="unknown denoising method"):
         denoise_volume(pet, "median")
     broken = tmp_path / "broken"
@@ -166,6 +165,26 @@ def test_local_fit_restores_what_a_smoothing_network_takes_from_a_lesion(models,
     smooth = gaussian_filter(img, 1.5)
     fit = local_linear_fit(smooth, img, eps_rel=1e-6)
     assert abs(fit[5:8, 10:13, 10:13].mean() - 5.0) < abs(smooth[5:8, 10:13, 10:13].mean() - 5.0) / 2
+
+
+def test_sr_is_the_fitted_network_output_deconvolved_with_its_cards_psf(models, small_sim):
+    from nmai.denoise.apply import FIT_WINDOW, denoise_volume
+    from nmai.denoise.prior import local_linear_fit
+    from nmai.denoise.training import sr_resolution_recovery
+    from nmai.filters import richardson_lucy
+
+    _, sim = small_sim
+    pet = sim.recon
+    card = json.load(open(f"{models['sr']}/metadata.json"))
+    assert card["resolution_recovery"] == sr_resolution_recovery()  # training writes what inference reads
+    raw, raw_info = denoise_volume(pet, "sr", model=models["sr"], local_fit=False)
+    assert raw_info["local_fit_voxels"] is None and raw_info["resolution_recovery"] is None
+    out, info = denoise_volume(pet, "sr", model=models["sr"])
+    rec = card["resolution_recovery"]
+    assert info["resolution_recovery"] == {"psf_fwhm_mm": rec["psf_fwhm_mm"], "iterations": rec["iterations"]}
+    fitted = pet.derive(np.maximum(local_linear_fit(raw.array, pet.array, window=FIT_WINDOW), 0))
+    expected = richardson_lucy(fitted, rec["psf_fwhm_mm"], rec["iterations"]).array
+    np.testing.assert_allclose(out.array, expected, rtol=1e-4, atol=1e-5 * float(pet.array.max()))
 
 
 def test_local_linear_fit_and_map_update_are_exact_where_they_should_be():

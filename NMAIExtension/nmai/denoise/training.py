@@ -14,7 +14,9 @@ contain a lesion centre (:class:`PairSampler`).
 * ``sr``: input the full-count OSEM of a large-crystal scanner (8 mm crystals, 2 × the default, no PSF
   modelling, as Hong et al.), count fraction 30–100 %; target the small-crystal (4 mm) full-count OSEM with
   PSF modelling of an independent realisation, on the same image grid. Hot points and 2³-voxel blobs are
-  added to these phantoms (:func:`with_hot_points`), so the network learns that sharp peaks are real.
+  added to these phantoms (:func:`with_hot_points`), so the network learns that sharp peaks are real. The
+  card records the Richardson–Lucy resolution recovery that follows the network at inference
+  (:func:`sr_resolution_recovery`).
 
 Normalisation (exactly as at inference): both images are divided by the input's mean in the body
 (``robust_scale`` / ``mean_in_body``), so the model is unit-invariant (k × input → k × output).
@@ -47,6 +49,17 @@ NAMES = {"cnn": "denoise-cnn", "gan": "denoise-gan", "sr": "denoise-sr"}
 NORMALISATION = {"method": "robust_scale", "statistic": "mean_in_body", "body_fraction": 0.05}
 LARGE_CRYSTAL_GROUP = 2  # 8 mm crystals, 2x the default scanner's
 SR_LESIONS = (3, 9)      # lesions per sr phantom: integers in [lo, hi) (cnn/gan: the preset's)
+SR_RECOVERY_ITERATIONS = 20  # Richardson-Lucy after sr (chosen on validation point sources and NEMA, see README)
+
+
+def sr_resolution_recovery() -> dict:
+    """The card's ``resolution_recovery`` for sr: deconvolve the large-crystal scanner's resolution, which its
+    OSEM (no PSF modelling) leaves in the image."""
+    from ..sim import DEFAULT_SCANNER
+
+    fwhm = DEFAULT_SCANNER.with_(crystal_group=LARGE_CRYSTAL_GROUP).resolution_fwhm_mm
+    return {"psf_fwhm_mm": round(float(fwhm), 2), "iterations": SR_RECOVERY_ITERATIONS,
+            "why": "resolution of the large-crystal input scanner (its OSEM has no PSF modelling)"}
 
 
 @dataclass(frozen=True)
@@ -363,19 +376,20 @@ def train_denoise(method: str, out_dir, *, preset: str = "shipped", init=None, d
         "cnn": "2.5-D residual MONAI U-Net: low-count PET OSEM (5-50 % counts) -> full-count quality",
         "gan": "2.5-D residual MONAI U-Net generator trained adversarially (conditional patch GAN + L1): "
                "low-count PET -> full-count quality, keeping noise texture and lesion contrast",
-        "sr": "2.5-D residual MONAI U-Net: large-crystal (8 mm) PET OSEM -> small-crystal (4 mm) resolution",
+        "sr": "2.5-D residual MONAI U-Net, local fit and Richardson-Lucy resolution recovery: large-crystal (8 mm) "
+              "PET OSEM -> small-crystal (4 mm) resolution",
     }[method]
 
     def save(metrics):
         training["total_s"] = round(time.time() - t0, 1)
         card = new_card(
             name=NAMES[method], task="denoise", network=network, network_data_format=data_format(),
-            training=training, version="0.1.0" if method == "sr" else "0.2.0", description=description + "; unit-invariant (Bq/ml or SUV)",
+            training=training, version="0.2.0", description=description + "; unit-invariant (Bq/ml or SUV)",
             intended_use="research only; trained on simulated phantoms — validate on your scanner's data and "
                          "retrain with `nmai train denoise` before any use on patients",
             data_source=f"NMAI simulator whole-body phantoms, seeds {seeds.start}-{seeds.stop - 1}, voxel "
                         f"{p.voxel_mm[0]:g}-{p.voxel_mm[1]:g} mm, Biograph-mMR-class per-slice scanner model",
-            metrics=metrics)
+            metrics=metrics, **({"resolution_recovery": sr_resolution_recovery()} if method == "sr" else {}))
         save_model(module, folder, card)
 
     save({})

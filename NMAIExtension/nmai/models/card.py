@@ -4,7 +4,9 @@ A model is a folder ``<name>/`` with ``model.safetensors`` and ``metadata.json``
 bundle metadata fields where they fit (``version``, ``monai_version``, ``pytorch_version``, ``task``,
 ``description``, ``network_data_format``, ``intended_use``, ``data_source``, ``metrics``) and adds NMAI
 fields: ``network`` (an allowlisted builder and its keyword arguments, never code), ``sha256`` of the weights
-file, ``training`` (command, seed, preset, duration, device, steps) and ``nmai_card_version``.
+file, ``training`` (command, seed, preset, duration, device, steps) and ``nmai_card_version``; a
+super-resolution model may add ``resolution_recovery`` (``psf_fwhm_mm``, ``iterations``: the deconvolution
+run after it, see :mod:`nmai.denoise.apply`).
 A MONAI bundle layout (``configs/metadata.json`` + ``models/model.safetensors``) is accepted as well.
 
 ``network_data_format`` (how to feed the network; NMAI's shape of MONAI's field)::
@@ -246,6 +248,12 @@ def validate_card(card, source="model card", *, require_sha: bool = True) -> dic
     if "spatial_dims" in kwargs and kwargs["spatial_dims"] != fmt["dims"]:
         _fail(source, "network.kwargs.spatial_dims",
               f"is {kwargs['spatial_dims']}, but network_data_format.dims is {fmt['dims']}")
+    recovery = _field(source, c, "resolution_recovery", "", "dict", required=False)
+    if recovery is not None:  # denoise sr: Richardson-Lucy after the network (nmai.denoise.apply)
+        _unknown(source, recovery, {"psf_fwhm_mm", "iterations"}, "resolution_recovery.", {"why"})
+        _field(source, recovery, "psf_fwhm_mm", "resolution_recovery.", "positive")
+        if _field(source, recovery, "iterations", "resolution_recovery.", "nonneg_int") < 1:
+            _fail(source, "resolution_recovery.iterations", "is 0, expected at least 1")
     if require_sha or "sha256" in c:
         _field(source, c, "sha256", "", "sha256")
     return c
