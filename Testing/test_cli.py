@@ -56,9 +56,11 @@ def test_convert_suv_without_factor_fails_clearly(tmp_path, capsys):
     assert "injected dose missing" in err and not (tmp_path / "x.nii.gz").exists()
 
 
-def test_denoise_gaussian_end_to_end(tmp_path):
+def test_denoise_gaussian_end_to_end(tmp_path, capsys):
     src = pet(tmp_path, units="SUVbw", suv_bw_factor=1.0)
     out = tmp_path / "den.nii.gz"
+    assert main(["denoise", str(src), "--method", "gaussian", "--no-local-fit", "--out", str(out)]) == 2
+    assert "--no-local-fit applies to cnn, gan and sr" in capsys.readouterr().err and not out.exists()
     assert main(["denoise", str(src), "--method", "gaussian", "--fwhm", "6", "--out", str(out)]) == 0
     a, b = read_volume(src), read_volume(out)
     assert b.units == "SUVbw" and b.modality == "PT" and b.same_grid(a)

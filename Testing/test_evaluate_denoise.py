@@ -236,4 +236,4 @@ def test_bench_denoise_quick_runs(one_thread, tmp_path):
     assert f["per_window_gflop"] > 0 and f["windows"] == 16 and f["matmul_2048_gflops"] > 0
     assert 0 < f["achieved_fraction_of_matmul"] < 2
     assert set(r["goals"]) == {"total_s_max", "peak_rss_gb_max", "time_met", "memory_met"}
-    assert "GFLOP/s" in r["summary"]
+    assert "GFLOP/s" in r["summary"] and r["sr"] is None  # sr is timed with the shipped model only
