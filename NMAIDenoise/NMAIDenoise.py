@@ -46,7 +46,8 @@ class NMAIDenoise(ScriptedLoadableModule):
             "Denoise a PET volume. The result is a NEW volume named &lt;input&gt;_denoised in the same study, "
             "with the input's units (Bq/ml or SUV), geometry and PET display. The input is never modified. "
             "Methods: cnn (residual U-Net trained on low-count to full-count pairs), gan (the same network "
-            "trained adversarially, keeping noise texture and lesion contrast), sr (super-resolution) and the "
+            "trained adversarially, keeping noise texture and lesion contrast), sr (super-resolution of a "
+            "large-crystal scanner's images; it over-sharpens images that are already sharper) and the "
             "Gaussian post-filter (the baseline). The learned models were trained on simulated phantoms: check "
             "them on your own scanner's data. After a run, a table compares the input and the output: body mean "
             "and max; with a full-count reference, PSNR, SSIM and NRMSE in the body; with a uniform region, its "
@@ -116,7 +117,8 @@ class NMAIDenoiseWidget(ParameterNodeWidgetMixin, ScriptedLoadableModuleWidget, 
         return {
             "cnn": _("Residual U-Net trained on low-count -> full-count pairs (5-50 % counts)"),
             "gan": _("The same network trained adversarially: keeps noise texture and lesion contrast"),
-            "sr": _("Super-resolution: large-crystal -> small-crystal resolution"),
+            "sr": _("Super-resolution of images from a large-crystal scanner without PSF modelling (the "
+                    "model card's): over-sharpens images that are already sharper"),
             "gaussian": _("Gaussian post-filter of the chosen FWHM: the baseline every learned method must beat"),
         }.get(method, "")
 

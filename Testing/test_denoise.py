@@ -133,8 +133,12 @@ def test_bad_inputs_are_refused(models, small_sim, tmp_path):
         denoise_volume(pet.derive(nan), "cnn", model=models["cnn"])
     with pytest.raises(NMAIError, match="difference image|negative"):
         denoise_volume(pet.derive(pet.array - pet.array.max()), "cnn", model=models["cnn"])
-    with pytest.raises(NMAIError, match="gaussian method only"):
+    with pytest.raises(NMAIError, match="gaussian and sr methods, not to cnn"):
         denoise_volume(pet, "cnn", fwhm_mm=4.0, model=models["cnn"])
+    with pytest.raises(NMAIError, match="finite number of mm"):
+        denoise_volume(pet, "sr", fwhm_mm=-2.0, model=models["sr"])
+    with pytest.raises(NMAIError, match="no-local-fit"):
+        denoise_volume(pet, "sr", fwhm_mm=4.0, local_fit=False, model=models["sr"])
     with pytest.raises(NMAIError, match="unknown denoising method"):
         denoise_volume(pet, "median")
     broken = tmp_path / "broken"
@@ -184,7 +188,20 @@ def test_sr_is_the_fitted_network_output_deconvolved_with_its_cards_psf(models, 
     assert info["resolution_recovery"] == {"psf_fwhm_mm": rec["psf_fwhm_mm"], "iterations": rec["iterations"]}
     fitted = pet.derive(np.maximum(local_linear_fit(raw.array, pet.array, window=FIT_WINDOW), 0))
     expected = richardson_lucy(fitted, rec["psf_fwhm_mm"], rec["iterations"]).array
-    np.testing.assert_allclose(out.array, expected, rtol=1e-4, atol=1e-5 * float(pet.array.max()))
+    tol = dict(rtol=1e-4, atol=1e-5 * float(pet.array.max()))
+    np.testing.assert_allclose(out.array, expected, **tol)
+    # --fwhm: another scanner's resolution to recover; 0 keeps the fitted network output
+    other, other_info = denoise_volume(pet, "sr", model=models["sr"], fwhm_mm=3.0)
+    assert other_info["resolution_recovery"] == {"psf_fwhm_mm": 3.0, "iterations": rec["iterations"]}
+    np.testing.assert_allclose(other.array, richardson_lucy(fitted, 3.0, rec["iterations"]).array, **tol)
+    none, none_info = denoise_volume(pet, "sr", model=models["sr"], fwhm_mm=0.0)
+    assert none_info["resolution_recovery"] is None
+    np.testing.assert_allclose(none.array, fitted.array, **tol)
+    # voxels finer than sr's training inputs: probably a sharper scanner, where deconvolution over-sharpens
+    fine = Volume(pet.array, (2.5, 2.5, 3.0), pet.origin, pet.direction, modality="PT", units="Bq/ml")
+    _, fine_info = denoise_volume(fine, "sr", model=models["sr"])
+    assert "finer than sr's training inputs" in fine_info["note"] and "--fwhm" in fine_info["note"]
+    assert denoise_volume(fine, "sr", model=models["sr"], fwhm_mm=0.0)[1]["note"] is None
 
 
 def test_local_linear_fit_and_map_update_are_exact_where_they_should_be():

@@ -19,7 +19,9 @@ def add_parser(sub):
     p.add_argument("input", help="PET volume: NIfTI/NRRD (with sidecar or --units) or DICOM series folder")
     p.add_argument("--method", choices=METHODS, default="cnn", help="denoising method (default cnn)")
     p.add_argument("--fwhm", type=float, default=None, metavar="MM",
-                   help="gaussian: filter FWHM in mm (default 6)")
+                   help="gaussian: filter FWHM in mm (default 6); sr: FWHM of the resolution to recover, the blur "
+                        "the input's reconstruction left in (default: the model card's, 5.91 mm for denoise-sr, "
+                        "the large-crystal scanner's; 0: no deconvolution)")
     p.add_argument("--model", metavar="PATH|NAME", default=None,
                    help="cnn/gan/sr: model folder or registry name (default denoise-<method>)")
     p.add_argument("--no-local-fit", dest="local_fit", action="store_false", default=None,

@@ -9,6 +9,8 @@ and most of its noise suppression but the data's local level. ``local_fit=False`
 its OSEM did not model; ``resolution_recovery`` in the model card), started from the fitted network output.
 The network alone smooths a point source and small spheres like noise; deconvolving the input alone
 sharpens them but more than doubles its noise; the network's output is a low-noise image to deconvolve.
+The PSF is the input scanner's: on an image that is already sharper (another scanner, PSF modelling) the
+deconvolution over-sharpens, so ``fwhm_mm`` sets it for sr (0: none).
 
 The learned models are unit-invariant: the input is divided by its mean in the body before the network and
 the output multiplied back (k × input → k × output, Bq/ml, kBq/ml or SUV alike). They were trained on
@@ -18,6 +20,8 @@ input's grid, units and modality; negative network outputs are set to 0 (activit
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
@@ -61,6 +65,8 @@ def denoise_volume(volume: Volume, method: str = "cnn", *, fwhm_mm: float | None
                    local_fit: bool | None = None, progress=None, **predict_kw) -> tuple[Volume, dict]:
     """Denoise ``volume`` (PET, Bq/ml or SUV) with ``method``; returns (output Volume, info dict).
 
+    ``fwhm_mm``: gaussian: the filter's FWHM (default 6 mm); sr: the FWHM of the resolution to recover, i.e.
+    the blur the input's reconstruction left in (default: the model card's, 0: no deconvolution).
     ``model``: a model folder, registry name or loaded model (default: the shipped model of the method).
     ``local_fit`` (default on): the network output is fitted back to the input by local linear fitting
     (:func:`nmai.denoise.prior.local_linear_fit`, :data:`FIT_WINDOW` voxels), which keeps the network's noise
@@ -80,10 +86,14 @@ def denoise_volume(volume: Volume, method: str = "cnn", *, fwhm_mm: float | None
         out = gaussian_filter(volume, fwhm, progress=progress)
         out.metadata["denoising"] = {"method": "gaussian", "fwhm_mm": fwhm}
         return out, {"method": "gaussian", "fwhm_mm": fwhm, "note": None}
-    if fwhm_mm is not None:
-        raise NMAIError(f"--fwhm applies to the gaussian method only, not to {method}")
+    if fwhm_mm is not None and method != "sr":
+        raise NMAIError(f"--fwhm applies to the gaussian and sr methods, not to {method}")
+    if fwhm_mm is not None and not (math.isfinite(float(fwhm_mm)) and float(fwhm_mm) >= 0):
+        raise NMAIError(f"--fwhm must be a finite number of mm >= 0 (0: no resolution recovery), got {fwhm_mm}")
     if local_fit is None:
         local_fit = True
+    if fwhm_mm is not None and not local_fit:
+        raise NMAIError("--fwhm sets sr's resolution recovery, which the raw output (--no-local-fit) does not have")
     from ..inference import predict_volume, resample_to_reference, resample_to_spacing
 
     loaded = _model(method, model)
@@ -102,6 +112,14 @@ def denoise_volume(volume: Volume, method: str = "cnn", *, fwhm_mm: float | None
         progress(0.96, "local linear fit to the input")
         y = np.maximum(local_linear_fit(y, volume.array, window=FIT_WINDOW), 0.0)
     recovery = loaded.card.get("resolution_recovery") if method == "sr" and local_fit else None
+    if recovery and fwhm_mm is not None:
+        recovery = dict(recovery, psf_fwhm_mm=float(fwhm_mm)) if fwhm_mm > 0 else None
+    if recovery and fwhm_mm is None and min(volume.spacing[:2]) < training_mm[0]:
+        note = "; ".join(filter(None, [note, (
+            f"in-plane voxels of {min(volume.spacing[:2]):.2f} mm are finer than sr's training inputs "
+            f"({training_mm[0]:g}-{training_mm[1]:g} mm): this image is probably from a sharper scanner or "
+            f"reconstruction than the one whose {recovery['psf_fwhm_mm']:g} mm blur sr removes, and there it "
+            "over-sharpens (hot spots read too high); give that scanner's remaining blur with --fwhm, or 0")]))
     if recovery:
         from ..filters import richardson_lucy
 
