@@ -60,7 +60,7 @@ def test_denoise_gaussian_end_to_end(tmp_path, capsys):
     src = pet(tmp_path, units="SUVbw", suv_bw_factor=1.0)
     out = tmp_path / "den.nii.gz"
     assert main(["denoise", str(src), "--method", "gaussian", "--no-local-fit", "--out", str(out)]) == 2
-    assert "--no-local-fit applies to cnn, gan and sr" in capsys.readouterr().err and not out.exists()
+    assert "--local-fit/--no-local-fit apply to cnn, gan and sr" in capsys.readouterr().err and not out.exists()
     assert main(["denoise", str(src), "--method", "gaussian", "--fwhm", "6", "--out", str(out)]) == 0
     a, b = read_volume(src), read_volume(out)
     assert b.units == "SUVbw" and b.modality == "PT" and b.same_grid(a)

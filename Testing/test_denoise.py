@@ -93,8 +93,8 @@ def test_gaussian_and_learned_methods_keep_geometry_units_and_scale(models, smal
         assert out.units == "Bq/ml" and out.modality == "PT"
         # the quick sr model was trained on 6-7 mm voxels: these 3.1 mm ones are finer, and sr says so
         assert (info["note"] is None) == (method != "sr")
-        # network outputs are refitted to the input locally (keeps lesion SUVs); sr then deconvolves
-        assert info["local_fit_voxels"] == [3, 3, 3]
+        # the card decides the local fit: sr fits (then deconvolves), the quick cnn/gan cards say no, as v0.3
+        assert info["local_fit_voxels"] == ([3, 3, 3] if method == "sr" else None)
         assert (info["resolution_recovery"] is not None) == (method == "sr")
         assert np.all(out.array >= 0) and np.isfinite(out.array).all()
         assert out.metadata["denoising"]["model_sha256"] == json.load(
@@ -159,7 +159,8 @@ def test_local_fit_restores_what_a_smoothing_network_takes_from_a_lesion(models,
     _, sim = small_sim
     pet = sim.recon
     raw, _ = denoise_volume(pet, "cnn", model=models["cnn"], local_fit=False)
-    fitted, _ = denoise_volume(pet, "cnn", model=models["cnn"])
+    fitted, info = denoise_volume(pet, "cnn", model=models["cnn"], local_fit=True)
+    assert info["local_fit_voxels"] == list(FIT_WINDOW)
     np.testing.assert_allclose(fitted.array, np.maximum(local_linear_fit(raw.array, pet.array, window=FIT_WINDOW), 0),
                                rtol=1e-5,
                                atol=1e-6 * float(pet.array.max()))

@@ -1,6 +1,8 @@
-"""Training-data details of the denoisers: where lesions are, and windows centred on them."""
+"""Training details of the denoisers: where lesions are, windows centred on them, the hot-sum loss, what the
+cards record."""
 
 import numpy as np
+import pytest
 
 from nmai.denoise.training import CONTEXT, ROI, PairSampler, _pad, lesion_centres
 from nmai.sim import make_phantom
@@ -54,3 +56,35 @@ def test_no_lesion_windows_means_the_random_windows_of_a_case_without_lesions():
     a, _ = PairSampler([with_centres], batch=8)(0, np.random.default_rng(3))
     b, _ = PairSampler([without], batch=8)(0, np.random.default_rng(3))
     assert np.array_equal(a.numpy(), b.numpy())
+
+
+def test_hot_sum_loss_adds_the_relative_error_of_each_windows_hot_sum():
+    import torch
+
+    from nmai.denoise.training import HOT, HOT_SUM_WEIGHT, hot_sum_loss, hot_weighted_l1
+
+    target = torch.ones(2, 1, 8, 8)
+    target[0, 0, 2:4, 2:4] = 10.0                      # window 0: a lesion of 4 hot voxels; window 1: none
+    pred = target.clone()
+    pred[0, 0, 2:4, 2:4] = 8.0                         # lesion read 20 % low
+    pred[1, 0, 0, 0] = 1.0 + HOT                       # a hot error where the target has no hot voxel
+    base = hot_weighted_l1(pred, target)
+    # only window 0 has hot voxels: its relative hot-sum error is 8/40 = 0.2
+    assert float(hot_sum_loss(pred, target)) == pytest.approx(float(base) + HOT_SUM_WEIGHT * 0.2, rel=1e-6)
+    # a lesion whose voxels err both ways but keep their sum costs only the voxel term
+    pred[0, 0, 2, 2:4], pred[0, 0, 3, 2:4] = 12.0, 8.0
+    assert float(hot_sum_loss(pred, target)) == pytest.approx(float(hot_weighted_l1(pred, target)), rel=1e-6)
+
+
+def test_quick_models_record_their_local_fit_and_the_cnn_fine_tuning(quick_denoise_models):
+    import json
+
+    from nmai.denoise.training import LOCAL_FIT
+
+    for method, folder in quick_denoise_models.items():
+        card = json.load(open(f"{folder}/metadata.json"))
+        assert card["local_fit"] is LOCAL_FIT[method]
+        fine = card["training"]["fine_tune"]
+        assert (fine is not None) == (method == "cnn")
+    fine = json.load(open(f"{quick_denoise_models['cnn']}/metadata.json"))["training"]["fine_tune"]
+    assert fine["steps"] == 2 and "hot-voxel sum" in fine["loss"]

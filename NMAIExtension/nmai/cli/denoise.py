@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+
 from ..denoise.apply import METHODS
 from ..io import read_volume, refuse_overwriting, write_volume
 from ..validate import PET_UNITS
@@ -24,10 +26,11 @@ def add_parser(sub):
                         "the large-crystal scanner's; 0: no deconvolution)")
     p.add_argument("--model", metavar="PATH|NAME", default=None,
                    help="cnn/gan/sr: model folder or registry name (default denoise-<method>)")
-    p.add_argument("--no-local-fit", dest="local_fit", action="store_false", default=None,
-                   help="cnn/gan/sr: the raw network output, without the local linear fit to the input that "
-                        "keeps lesion SUVs (sr: and without its resolution recovery; not recommended for "
-                        "quantitation)")
+    p.add_argument("--local-fit", dest="local_fit", action=argparse.BooleanOptionalAction, default=None,
+                   help="cnn/gan/sr: fit the network output to the input in 3x3x3-voxel windows (the input's "
+                        "local level, the network's noise) or not; default: the model card's (sr and older "
+                        "models: on; cnn/gan v0.3, which keep lesion means themselves: off). sr without it is the "
+                        "raw network output, with no resolution recovery either")
     p.add_argument("--units", choices=PET_UNITS, default=None,
                    help="units of the input when its file does not record them")
     p.add_argument("--out", required=True, help="output file (.nii.gz, .nrrd)")
@@ -40,8 +43,8 @@ def run(args, progress):
 
     if args.method == "gaussian" and args.model:
         raise NMAIError("--model applies to cnn, gan and sr, not to gaussian")
-    if args.local_fit is False and args.method == "gaussian":
-        raise NMAIError("--no-local-fit applies to cnn, gan and sr, not to gaussian")
+    if args.local_fit is not None and args.method == "gaussian":
+        raise NMAIError("--local-fit/--no-local-fit apply to cnn, gan and sr, not to gaussian")
     refuse_overwriting(args.out, args.input)
     progress(0.0, f"reading {args.input}")
     volume = read_volume(args.input, units=args.units)

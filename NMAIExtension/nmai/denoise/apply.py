@@ -1,9 +1,11 @@
 """Denoise a PET image: ``gaussian`` post-filter, learned ``cnn`` / ``gan`` denoisers, ``sr`` super-resolution.
 
-The learned methods are followed by a local linear fit of the network output to the input (after Kim et
-al., IEEE TMI 2018): a network trained toward the mean smooths small lesions and, off its training count
-levels, biases the image; refitting its output to the data in 3 × 3 × 3-voxel windows keeps its structure
-and most of its noise suppression but the data's local level. ``local_fit=False`` gives the raw output.
+A network output can be followed by a local linear fit to the input (after Kim et al., IEEE TMI 2018): a
+network trained toward the mean smooths small lesions and, off its training count levels, biases the image;
+refitting its output to the data in 3 × 3 × 3-voxel windows keeps its structure and most of its noise
+suppression but the data's local level. Whether it runs by default is the model card's ``local_fit`` (true
+when absent): sr fits; the cnn and gan v0.3, fine-tuned to keep lesion means themselves, do not, because the
+fit then only gives noise back (README). ``local_fit`` overrides the card.
 
 ``sr`` then recovers resolution: Richardson–Lucy deconvolution of the input scanner's resolution (the blur
 its OSEM did not model; ``resolution_recovery`` in the model card), started from the fitted network output.
@@ -68,11 +70,11 @@ def denoise_volume(volume: Volume, method: str = "cnn", *, fwhm_mm: float | None
     ``fwhm_mm``: gaussian: the filter's FWHM (default 6 mm); sr: the FWHM of the resolution to recover, i.e.
     the blur the input's reconstruction left in (default: the model card's, 0: no deconvolution).
     ``model``: a model folder, registry name or loaded model (default: the shipped model of the method).
-    ``local_fit`` (default on): the network output is fitted back to the input by local linear fitting
-    (:func:`nmai.denoise.prior.local_linear_fit`, :data:`FIT_WINDOW` voxels), which keeps the network's noise
-    suppression but the input's local level — lesion SUVs stay those of the data. For ``sr`` the fitted output
-    is then deconvolved as the model card's ``resolution_recovery`` says; ``local_fit=False`` gives the raw
-    network output of every method.
+    ``local_fit`` (default: the model card's ``local_fit``, true when absent): the network output is fitted
+    back to the input by local linear fitting (:func:`nmai.denoise.prior.local_linear_fit`, :data:`FIT_WINDOW`
+    voxels), which keeps the network's noise suppression but the input's local level. For ``sr`` the fitted
+    output is then deconvolved as the model card's ``resolution_recovery`` says; ``local_fit=False`` gives the
+    raw network output of every method.
     ``predict_kw`` go to :func:`nmai.inference.predict_volume` (threads, memory limit, device, ...).
     """
     from ..filters import gaussian_filter
@@ -90,13 +92,13 @@ def denoise_volume(volume: Volume, method: str = "cnn", *, fwhm_mm: float | None
         raise NMAIError(f"--fwhm applies to the gaussian and sr methods, not to {method}")
     if fwhm_mm is not None and not (math.isfinite(float(fwhm_mm)) and float(fwhm_mm) >= 0):
         raise NMAIError(f"--fwhm must be a finite number of mm >= 0 (0: no resolution recovery), got {fwhm_mm}")
-    if local_fit is None:
-        local_fit = True
-    if fwhm_mm is not None and not local_fit:
-        raise NMAIError("--fwhm sets sr's resolution recovery, which the raw output (--no-local-fit) does not have")
     from ..inference import predict_volume, resample_to_reference, resample_to_spacing
 
     loaded = _model(method, model)
+    if local_fit is None:
+        local_fit = bool(loaded.card.get("local_fit", True))
+    if fwhm_mm is not None and not local_fit:
+        raise NMAIError("--fwhm sets sr's resolution recovery, which the raw output (--no-local-fit) does not have")
     progress(0.0, f"loading {loaded.name}")
     training_mm = tuple(loaded.card.get("training", {}).get("data", {}).get("voxel_mm_range", (3.0, 5.0)))
     spacing, note = network_grid(volume, training_mm)

@@ -32,7 +32,7 @@ on the other voxels in its window (no seams between sliding-window tiles or slab
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -76,14 +76,23 @@ class Preset:
     adversarial_weight: float = 0.02
     lesions: tuple = (3, 9)          # lesions per cnn/gan phantom: integers in [lo, hi) (sr: SR_LESIONS)
     lesion_windows: float = 0.0      # share of training windows that contain a lesion centre (cnn, gan)
+    fine_tune: dict = field(default_factory=dict)  # method -> steps of the hot-sum fine-tuning (cnn)
+    fine_tune_lr: float = 2e-4
 
 
 PRESETS = {
     "shipped": Preset(cases={"cnn": 20, "gan": 20, "sr": 12}, steps={"cnn": 8000, "gan": 1200, "sr": 4000},
-                      batch=16, channels=(24, 48, 96, 192), val_cases=3, lesions=(6, 15), lesion_windows=0.3),
+                      batch=16, channels=(24, 48, 96, 192), val_cases=3, lesions=(6, 15), lesion_windows=0.3,
+                      fine_tune={"cnn": 1500}),
     "quick": Preset(cases={"cnn": 1, "gan": 1, "sr": 1}, steps={"cnn": 4, "gan": 4, "sr": 4}, batch=2,
-                    channels=(4, 8, 16, 32), val_cases=1, per_case=1, voxel_mm=(6.0, 7.0), lesion_windows=0.5),  # tests and CI: proves the code runs, trains nothing
+                    channels=(4, 8, 16, 32), val_cases=1, per_case=1, voxel_mm=(6.0, 7.0), lesion_windows=0.5,
+                    fine_tune={"cnn": 2}),  # tests and CI: proves the code runs, trains nothing
 }
+VERSIONS = {"cnn": "0.3.0", "gan": "0.3.0", "sr": "0.2.0"}
+# whether inference fits the network output to its input by default (card field ``local_fit``): the cnn
+# fine-tuned with the hot-sum loss keeps lesion means itself, and the fit only gives noise back (README)
+LOCAL_FIT = {"cnn": False, "gan": False, "sr": True}
+FINE_TUNE_SEED = 21
 
 
 def network_spec(preset: Preset) -> dict:
@@ -282,8 +291,24 @@ def hot_weighted_l1(pred, target):
     return (weight * (pred - target).abs()).mean()
 
 
+HOT_SUM_WEIGHT = 3.0
+
+
+def hot_sum_loss(pred, target):
+    """:func:`hot_weighted_l1` plus ``HOT_SUM_WEIGHT`` × the relative error of each window's sum over its hot
+    voxels (target > 3 × the body mean; windows without any are left out of that term). A voxel loss toward a
+    noisy target shrinks a small lesion toward its background (the network cannot tell it from noise); the sum
+    over the lesion is a mean, unbiased in the target, and lesion SUVmean is a mean."""
+    hot = (target > HOT).float()
+    sums = (target * hot).sum(dim=(1, 2, 3))
+    has = (hot.sum(dim=(1, 2, 3)) > 0).float()
+    rel = ((pred - target) * hot).sum(dim=(1, 2, 3)).abs() / sums.clamp_min(1e-6)
+    return hot_weighted_l1(pred, target) + HOT_SUM_WEIGHT * (rel * has).sum() / has.sum().clamp_min(1.0)
+
+
 def gan_step(adversarial_weight: float):
-    """Least-squares GAN with an L1 content loss; the discriminator is conditioned on the input slice."""
+    """Least-squares GAN with the cnn's content loss (:func:`hot_sum_loss`); the discriminator is conditioned
+    on the input slice."""
     import torch
 
     def step_fn(batch, step, state):  # noqa: ARG001
@@ -300,7 +325,7 @@ def gan_step(adversarial_weight: float):
         od.step()
         og.zero_grad(set_to_none=True)
         adv = ((d(torch.cat([centre, fake], 1))[-1] - 1) ** 2).mean()
-        content = hot_weighted_l1(fake, y)
+        content = hot_sum_loss(fake, y)
         (content + adversarial_weight * adv).backward()
         content, adv, loss_d = content.detach(), adv.detach(), loss_d.detach()
         og.step()
@@ -356,14 +381,26 @@ def train_denoise(method: str, out_dir, *, preset: str = "shipped", init=None, d
     else:
         result = train(module, sampler, l1_loss if method == "sr" else hot_weighted_l1, lr=p.lr,
                        warmup_steps=steps // 30, **common)
+    fine_steps = p.fine_tune.get(method, 0)
+    fine = None
+    if fine_steps:  # from the trained network: keep lesion sums (hot_sum_loss)
+        ft = train(module, sampler, hot_sum_loss, steps=fine_steps, lr=p.fine_tune_lr, seed=FINE_TUNE_SEED,
+                   warmup_steps=fine_steps // 20, device=dev, log_every=max(1, fine_steps // 10),
+                   checkpoint_every=fine_steps, progress=progress.sub(0.85, 0.9),
+                   checkpoint_dir=None if checkpoint_dir is None else Path(checkpoint_dir) / "fine-tune")
+        fine = {"steps": ft["steps"], "lr": ft["lr"], "seed": ft["seed"], "duration_s": ft["duration_s"],
+                "loss": f"hot-weighted L1 + {HOT_SUM_WEIGHT:g} x relative error of each window's hot-voxel sum",
+                "final_losses": {k: v for k, v in ft["final_losses"].items() if k != "step"}}
     module.eval().cpu()
     training = card_training(result, command or f"nmai train denoise --method {method} --preset {preset}", preset)
     training.update({
         "batch_size": p.batch, "roi": [ROI, ROI],
-        "loss": {"gan": f"L1 (voxels > {HOT:g} x body mean x{HOT_WEIGHT:g}) + {p.adversarial_weight:g} x "
-                        "least-squares GAN (conditional patch discriminator)",
+        "loss": {"gan": f"L1 (voxels > {HOT:g} x body mean x{HOT_WEIGHT:g}) + {HOT_SUM_WEIGHT:g} x relative "
+                        f"hot-sum error + {p.adversarial_weight:g} x least-squares GAN (conditional patch "
+                        "discriminator)",
                  "cnn": f"L1, voxels > {HOT:g} x the body mean weighted x{HOT_WEIGHT:g}", "sr": "L1"}[method],
         "initialised_from": init_from,
+        "fine_tune": fine,
         "data": {"phantoms": p.cases[method], "seeds": [seeds.start, seeds.stop - 1], "voxel_mm_range": list(p.voxel_mm),
                  "count_fractions": (list(p.fractions) if method != "sr" else [0.3, 1.0]),
                  "versions_per_phantom": p.per_case, "build_s": round(data_s, 1),
@@ -384,12 +421,13 @@ def train_denoise(method: str, out_dir, *, preset: str = "shipped", init=None, d
         training["total_s"] = round(time.time() - t0, 1)
         card = new_card(
             name=NAMES[method], task="denoise", network=network, network_data_format=data_format(),
-            training=training, version="0.2.0", description=description + "; unit-invariant (Bq/ml or SUV)",
+            training=training, version=VERSIONS[method], description=description + "; unit-invariant (Bq/ml or SUV)",
             intended_use="research only; trained on simulated phantoms — validate on your scanner's data and "
                          "retrain with `nmai train denoise` before any use on patients",
             data_source=f"NMAI simulator whole-body phantoms, seeds {seeds.start}-{seeds.stop - 1}, voxel "
                         f"{p.voxel_mm[0]:g}-{p.voxel_mm[1]:g} mm, Biograph-mMR-class per-slice scanner model",
-            metrics=metrics, **({"resolution_recovery": sr_resolution_recovery()} if method == "sr" else {}))
+            metrics=metrics, local_fit=LOCAL_FIT[method],
+            **({"resolution_recovery": sr_resolution_recovery()} if method == "sr" else {}))
         save_model(module, folder, card)
 
     save({})

@@ -44,7 +44,7 @@ from ..errors import NMAIError
 from ..progress import as_progress
 from ..volume import Volume
 
-METHODS = ("cnn", "gan", "gaussian", "prior", "sr", "cnn-raw")  # cnn-raw: the cnn without its local fit
+METHODS = ("cnn", "gan", "gaussian", "prior", "sr", "cnn-raw", "cnn-fit")  # the cnn without / with the local fit
 DEFAULT_METHODS = METHODS
 LEARNED = ("cnn", "gan", "prior")          # each compared with a Gaussian at matched noise
 NETWORK_METHODS = ("cnn", "gan")           # image-to-image networks checked for unit invariance
@@ -473,8 +473,9 @@ def evaluate_case(seed: int, methods, models: dict, fractions, settings: dict, p
             if m in methods:
                 p(0.3, f"seed {seed}, {100 * f:g} % counts: {m}")
                 images[m], _ = denoise_volume(low, m, model=models[m], **_kw(settings))
-        if "cnn-raw" in methods:
-            images["cnn-raw"], _ = denoise_volume(low, "cnn", model=models["cnn"], local_fit=False, **_kw(settings))
+        for key, fit in (("cnn-raw", False), ("cnn-fit", True)):
+            if key in methods:
+                images[key], _ = denoise_volume(low, "cnn", model=models["cnn"], local_fit=fit, **_kw(settings))
         if "prior" in methods:
             p(0.45, f"seed {seed}, {100 * f:g} % counts: CNN-prior reconstruction")
             images["prior"] = reconstruct_with_prior(low_acq, ph.mumap, models["cnn"], outer=settings["prior_outer"],
@@ -861,7 +862,7 @@ def evaluate_denoise(*, cases: int = 10, seed_start: int = DEFAULT_SEED_START, m
                     subsets=subsets or base["subsets"], realisations=realisations or base["realisations"])
     if settings["realisations"] < 1:
         raise NMAIError("--realisations must be at least 1")
-    needs = {"cnn": {"cnn", "prior", "cnn-raw"}, "gan": {"gan"}, "sr": {"sr"}}
+    needs = {"cnn": {"cnn", "prior", "cnn-raw", "cnn-fit"}, "gan": {"gan"}, "sr": {"sr"}}
     refs = {"cnn": model, "gan": gan_model, "sr": sr_model}
     models = {k: _model(k, refs[k]) for k, uses in needs.items() if uses & set(methods)}
     provenance = {k: _provenance(m) for k, m in models.items()}

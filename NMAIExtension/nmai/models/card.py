@@ -223,7 +223,7 @@ def validate_card(card, source="model card", *, require_sha: bool = True) -> dic
     training = _field(source, c, "training", "", "dict")
     _unknown(source, training, {"command", "seed", "preset", "duration_s", "device", "steps"}, "training.",
              {"lr", "schedule", "optimizer", "final_losses", "resumed_from", "history", "batch_size",
-              "loss", "data", "total_s", "roi", "initialised_from"})
+              "loss", "data", "total_s", "roi", "initialised_from", "fine_tune"})
     _field(source, training, "command", "training.", "str")
     _field(source, training, "seed", "training.", "int")
     _field(source, training, "steps", "training.", "nonneg_int")
@@ -248,6 +248,8 @@ def validate_card(card, source="model card", *, require_sha: bool = True) -> dic
     if "spatial_dims" in kwargs and kwargs["spatial_dims"] != fmt["dims"]:
         _fail(source, "network.kwargs.spatial_dims",
               f"is {kwargs['spatial_dims']}, but network_data_format.dims is {fmt['dims']}")
+    if "local_fit" in c and not isinstance(c["local_fit"], bool):  # denoise: fit the output to the input
+        _fail(source, "local_fit", f"is {c['local_fit']!r}, expected true or false")
     recovery = _field(source, c, "resolution_recovery", "", "dict", required=False)
     if recovery is not None:  # denoise sr: Richardson-Lucy after the network (nmai.denoise.apply)
         _unknown(source, recovery, {"psf_fwhm_mm", "iterations"}, "resolution_recovery.", {"why"})
