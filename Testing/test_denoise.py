@@ -93,8 +93,8 @@ def test_gaussian_and_learned_methods_keep_geometry_units_and_scale(models, smal
         assert out.units == "Bq/ml" and out.modality == "PT"
         # the quick sr model was trained on 6-7 mm voxels: these 3.1 mm ones are finer, and sr says so
         assert (info["note"] is None) == (method != "sr")
-        # the card decides the local fit: sr fits (then deconvolves), the quick cnn/gan cards say no, as v0.3
-        assert info["local_fit_voxels"] == ([3, 3, 3] if method == "sr" else None)
+        # network outputs are refitted to the input locally (the cards say so); sr then deconvolves
+        assert info["local_fit_voxels"] == [3, 3, 3]
         assert (info["resolution_recovery"] is not None) == (method == "sr")
         assert np.all(out.array >= 0) and np.isfinite(out.array).all()
         assert out.metadata["denoising"]["model_sha256"] == json.load(
@@ -152,6 +152,24 @@ def test_bad_inputs_are_refused(models, small_sim, tmp_path):
         denoise_volume(pet, "cnn", model=str(broken))
 
 
+def test_the_model_card_sets_the_default_local_fit(models, small_sim, tmp_path):
+    import shutil
+
+    from nmai.denoise.apply import denoise_volume
+
+    _, sim = small_sim
+    folder = tmp_path / "no-fit-cnn"
+    shutil.copytree(models["cnn"], folder)
+    card = json.load(open(folder / "metadata.json"))
+    card["local_fit"] = False                      # the sha256 covers the weights, not the card
+    (folder / "metadata.json").write_text(json.dumps(card))
+    raw, info = denoise_volume(sim.recon, "cnn", model=str(folder))
+    assert info["local_fit_voxels"] is None
+    explicit, _ = denoise_volume(sim.recon, "cnn", model=models["cnn"], local_fit=False)
+    np.testing.assert_array_equal(raw.array, explicit.array)
+    assert denoise_volume(sim.recon, "cnn", model=str(folder), local_fit=True)[1]["local_fit_voxels"] == [3, 3, 3]
+
+
 def test_local_fit_restores_what_a_smoothing_network_takes_from_a_lesion(models, small_sim):
     from nmai.denoise.apply import FIT_WINDOW, denoise_volume
     from nmai.denoise.prior import local_linear_fit
@@ -159,7 +177,7 @@ def test_local_fit_restores_what_a_smoothing_network_takes_from_a_lesion(models,
     _, sim = small_sim
     pet = sim.recon
     raw, _ = denoise_volume(pet, "cnn", model=models["cnn"], local_fit=False)
-    fitted, info = denoise_volume(pet, "cnn", model=models["cnn"], local_fit=True)
+    fitted, info = denoise_volume(pet, "cnn", model=models["cnn"])
     assert info["local_fit_voxels"] == list(FIT_WINDOW)
     np.testing.assert_allclose(fitted.array, np.maximum(local_linear_fit(raw.array, pet.array, window=FIT_WINDOW), 0),
                                rtol=1e-5,

@@ -106,7 +106,7 @@ def test_output_is_a_new_pet_node_on_the_oblique_input_grid(study, tiny_cnn, met
         assert out.GetAttribute("NMAI.model") == "denoise-cnn"
         assert out.GetAttribute("NMAI.modelSha256") == model_sha(tiny_cnn) == info["model_sha256"]
         assert parameters == {"model": "denoise-cnn", "model_path": os.path.abspath(tiny_cnn),
-                              "local_fit_voxels": None, "resolution_recovery": None}
+                              "local_fit_voxels": [3, 3, 3], "resolution_recovery": None}
     else:
         assert parameters == {"fwhm_mm": 6.0} and out.GetAttribute("NMAI.modelSha256") == ""
     assert logic.lastNote is None and out.GetAttribute(ATTR_NOTE) is None

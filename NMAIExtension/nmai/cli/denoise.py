@@ -28,9 +28,9 @@ def add_parser(sub):
                    help="cnn/gan/sr: model folder or registry name (default denoise-<method>)")
     p.add_argument("--local-fit", dest="local_fit", action=argparse.BooleanOptionalAction, default=None,
                    help="cnn/gan/sr: fit the network output to the input in 3x3x3-voxel windows (the input's "
-                        "local level, the network's noise) or not; default: the model card's (sr and older "
-                        "models: on; cnn/gan v0.3, which keep lesion means themselves: off). sr without it is the "
-                        "raw network output, with no resolution recovery either")
+                        "local level, the network's noise) or not; default: the model card's (on for the shipped "
+                        "models). Without it: the raw network output (sr: no resolution recovery either); not "
+                        "recommended for quantitation")
     p.add_argument("--units", choices=PET_UNITS, default=None,
                    help="units of the input when its file does not record them")
     p.add_argument("--out", required=True, help="output file (.nii.gz, .nrrd)")

@@ -4,8 +4,8 @@ A network output can be followed by a local linear fit to the input (after Kim e
 network trained toward the mean smooths small lesions and, off its training count levels, biases the image;
 refitting its output to the data in 3 × 3 × 3-voxel windows keeps its structure and most of its noise
 suppression but the data's local level. Whether it runs by default is the model card's ``local_fit`` (true
-when absent): sr fits; the cnn and gan v0.3, fine-tuned to keep lesion means themselves, do not, because the
-fit then only gives noise back (README). ``local_fit`` overrides the card.
+when absent; true for every shipped model: on phantoms the v0.3 cnn keeps lesion means without it, but on
+real PET the raw network read small hot spots far lower — README). ``local_fit`` overrides the card.
 
 ``sr`` then recovers resolution: Richardson–Lucy deconvolution of the input scanner's resolution (the blur
 its OSEM did not model; ``resolution_recovery`` in the model card), started from the fitted network output.
