@@ -15,9 +15,9 @@ def add_parser(sub):
                                    "pairs (5-50 %% counts); gan: the same network trained adversarially to keep "
                                    "noise texture and lesion contrast; sr: large-crystal -> small-crystal "
                                    "resolution (network, local fit, then Richardson-Lucy deconvolution of the "
-                                   "input scanner's resolution); gaussian: post-filter of --fwhm mm (the baseline). The output keeps "
-                                   "the input's units (Bq/ml or SUV) and geometry; the learned methods are "
-                                   "unit-invariant.")
+                                   "input scanner's resolution); gaussian: post-filter of --fwhm mm (the "
+                                   "baseline). The output keeps the input's units (Bq/ml or SUV) and geometry; "
+                                   "the learned methods are unit-invariant.")
     p.add_argument("input", help="PET volume: NIfTI/NRRD (with sidecar or --units) or DICOM series folder")
     p.add_argument("--method", choices=METHODS, default="cnn", help="denoising method (default cnn)")
     p.add_argument("--fwhm", type=float, default=None, metavar="MM",

@@ -4,9 +4,10 @@ A model is a folder ``<name>/`` with ``model.safetensors`` and ``metadata.json``
 bundle metadata fields where they fit (``version``, ``monai_version``, ``pytorch_version``, ``task``,
 ``description``, ``network_data_format``, ``intended_use``, ``data_source``, ``metrics``) and adds NMAI
 fields: ``network`` (an allowlisted builder and its keyword arguments, never code), ``sha256`` of the weights
-file, ``training`` (command, seed, preset, duration, device, steps) and ``nmai_card_version``; a
-super-resolution model may add ``resolution_recovery`` (``psf_fwhm_mm``, ``iterations``: the deconvolution
-run after it, see :mod:`nmai.denoise.apply`).
+file, ``training`` (command, seed, preset, duration, device, steps) and ``nmai_card_version``. A denoising
+model may add ``local_fit`` (whether its output is fitted to its input by default) and a super-resolution
+model ``resolution_recovery`` (``psf_fwhm_mm``, ``iterations``: the deconvolution run after it); see
+:mod:`nmai.denoise.apply`.
 A MONAI bundle layout (``configs/metadata.json`` + ``models/model.safetensors``) is accepted as well.
 
 ``network_data_format`` (how to feed the network; NMAI's shape of MONAI's field)::
