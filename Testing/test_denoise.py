@@ -173,15 +173,26 @@ def test_the_model_card_sets_the_default_local_fit(models, small_sim, tmp_path):
 def test_local_fit_restores_what_a_smoothing_network_takes_from_a_lesion(models, small_sim):
     from nmai.denoise.apply import FIT_WINDOW, denoise_volume
     from nmai.denoise.prior import local_linear_fit
+    from nmai.denoise.training import FIT_SIGNIFICANCE
 
     _, sim = small_sim
     pet = sim.recon
     raw, _ = denoise_volume(pet, "cnn", model=models["cnn"], local_fit=False)
     fitted, info = denoise_volume(pet, "cnn", model=models["cnn"])
     assert info["local_fit_voxels"] == list(FIT_WINDOW)
-    np.testing.assert_allclose(fitted.array, np.maximum(local_linear_fit(raw.array, pet.array, window=FIT_WINDOW), 0),
-                               rtol=1e-5,
-                               atol=1e-6 * float(pet.array.max()))
+    assert info["local_fit_significance"] == FIT_SIGNIFICANCE["cnn"]   # the card says how strict the fit is
+    tol = dict(rtol=1e-5, atol=1e-6 * float(pet.array.max()))
+    np.testing.assert_allclose(fitted.array, np.maximum(local_linear_fit(
+        raw.array, pet.array, window=FIT_WINDOW, significance=FIT_SIGNIFICANCE["cnn"]), 0), **tol)
+    strict, info = denoise_volume(pet, "cnn", model=models["cnn"], fit_significance=3)
+    assert info["local_fit_significance"] == 3.0
+    np.testing.assert_allclose(strict.array, np.maximum(local_linear_fit(
+        raw.array, pet.array, window=FIT_WINDOW, significance=3.0), 0), **tol)
+    assert not np.allclose(strict.array, fitted.array, **tol)
+    with pytest.raises(NMAIError, match="fit-significance"):
+        denoise_volume(pet, "cnn", model=models["cnn"], local_fit=False, fit_significance=3.0)
+    with pytest.raises(NMAIError, match="fit-significance"):
+        denoise_volume(pet, "cnn", model=models["cnn"], fit_significance=-1.0)
     # a guide that is a blurred copy of a hot cube: the fit gives back the cube's level
     img = np.ones((12, 24, 24), np.float32)
     img[5:8, 10:13, 10:13] = 5.0
@@ -223,6 +234,37 @@ def test_sr_is_the_fitted_network_output_deconvolved_with_its_cards_psf(models, 
     _, fine_info = denoise_volume(fine, "sr", model=models["sr"])
     assert "finer than sr's training inputs" in fine_info["note"] and "--fwhm" in fine_info["note"]
     assert denoise_volume(fine, "sr", model=models["sr"], fwhm_mm=0.0)[1]["note"] is None
+
+
+def test_significant_fit_keeps_the_guide_where_the_data_agree_and_corrects_where_they_do_not():
+    from scipy.ndimage import gaussian_filter
+
+    from nmai.denoise.prior import local_linear_fit
+
+    rng = np.random.default_rng(7)
+    truth = np.full((24, 40, 40), 10.0)
+    truth[9:15, 17:23, 17:23] = 40.0                       # a 6-voxel hot cube
+    # Poisson-like noise (variance ∝ mean), correlated like a reconstruction's
+    noise = gaussian_filter(rng.standard_normal(truth.shape), 0.8)
+    image = (truth + 0.35 * np.sqrt(truth) * noise / noise.std()).astype(np.float32)
+    guide = truth.copy()
+    guide[9:15, 17:23, 17:23] = 25.0                       # a network that reads the lesion 37 % low
+    guide = guide.astype(np.float32)
+    flat = np.zeros(truth.shape, bool)
+    flat[2:7, 4:36, 4:36] = True
+    cube = truth == 40.0
+    plain, strict = local_linear_fit(guide, image, window=(3, 3, 3)), local_linear_fit(
+        guide, image, window=(3, 3, 3), significance=3.0)
+    # where the guide agrees with the data, the plain fit gives back noise; the 3σ fit keeps the guide
+    assert plain[flat].std() > 0.15
+    assert strict[flat].std() < plain[flat].std() / 2
+    # the lesion the guide under-reads stands far out of the noise: both fits give back the data's level
+    for fit in (plain, strict):
+        assert abs(fit[cube].mean() - image[cube].mean()) < 0.1 * abs(guide[cube].mean() - image[cube].mean())
+    # z → ∞: the guide; scale-free: k × (guide, image) → k × output
+    np.testing.assert_allclose(local_linear_fit(guide, image, window=(3, 3, 3), significance=1e6), guide, rtol=1e-3)
+    np.testing.assert_allclose(local_linear_fit(1e-3 * guide, 1e-3 * image, window=(3, 3, 3), significance=3.0),
+                               1e-3 * strict, rtol=1e-4, atol=1e-6)
 
 
 def test_local_linear_fit_and_map_update_are_exact_where_they_should_be():
@@ -288,11 +330,14 @@ def test_train_and_denoise_cli(models, small_sim, tmp_path):
     _, sim = small_sim
     src = tmp_path / "low.nii.gz"
     write_volume(sim.recon, src)
-    for method, extra in (("cnn", ["--model", models["cnn"]]), ("gaussian", ["--fwhm", "5"])):
+    for method, extra in (("cnn", ["--model", models["cnn"], "--fit-significance", "2"]),
+                          ("gaussian", ["--fwhm", "5"])):
         out = tmp_path / f"{method}.nii.gz"
         assert main(["denoise", str(src), "--method", method, *extra, "--out", str(out)]) == 0
         img = read_volume(out)
         assert img.same_grid(sim.recon) and img.units == "Bq/ml"
     assert main(["denoise", str(src), "--method", "gaussian", "--model", models["cnn"],
+                 "--out", str(tmp_path / "bad.nii.gz")]) == 2
+    assert main(["denoise", str(src), "--method", "gaussian", "--fit-significance", "3",
                  "--out", str(tmp_path / "bad.nii.gz")]) == 2
     assert not (tmp_path / "bad.nii.gz").exists()

@@ -106,7 +106,8 @@ def test_output_is_a_new_pet_node_on_the_oblique_input_grid(study, tiny_cnn, met
         assert out.GetAttribute("NMAI.model") == "denoise-cnn"
         assert out.GetAttribute("NMAI.modelSha256") == model_sha(tiny_cnn) == info["model_sha256"]
         assert parameters == {"model": "denoise-cnn", "model_path": os.path.abspath(tiny_cnn),
-                              "local_fit_voxels": [3, 3, 3], "resolution_recovery": None}
+                              "local_fit_voxels": [3, 3, 3], "local_fit_significance": 0.0,
+                              "resolution_recovery": None}
     else:
         assert parameters == {"fwhm_mm": 6.0} and out.GetAttribute("NMAI.modelSha256") == ""
     assert logic.lastNote is None and out.GetAttribute(ATTR_NOTE) is None
@@ -135,6 +136,24 @@ def test_learned_output_is_unit_invariant(study, tiny_cnn):
     out_suv = slicer.util.arrayFromVolume(out_suv_node).astype(np.float64)
     assert out_bq.max() > 0
     np.testing.assert_allclose(out_suv, 1e-3 * out_bq, rtol=0.01, atol=0.01 * 1e-3 * out_bq.max())
+
+
+def test_fit_significance_reaches_the_engine_and_is_recorded(study, tiny_cnn):
+    from nmai.denoise.apply import denoise_volume
+
+    node = pet_node(study, "PET z")
+    logic = NMAIDenoiseLogic()
+    out = logic.process(node, method="cnn", model=tiny_cnn, fit_significance=3)
+    expected, _ = denoise_volume(mrml.volume_from_node(node), "cnn", model=tiny_cnn, fit_significance=3.0)
+    np.testing.assert_allclose(slicer.util.arrayFromVolume(out), expected.array, rtol=1e-5,
+                               atol=1e-5 * float(expected.array.max()))
+    parameters = json.loads(out.GetAttribute("NMAI.parameters"))
+    assert parameters["local_fit_significance"] == 3.0
+    count = node_count(study[0])
+    for method, kw in (("gaussian", {}), ("cnn", {"model": tiny_cnn})):
+        with pytest.raises(NMAIError, match="significance"):
+            logic.process(node, method=method, fit_significance=-1.0 if method == "cnn" else 3.0, **kw)
+    assert node_count(study[0]) == count
 
 
 def test_background_run_with_a_model_folder_and_panel_choices(study, tiny_cnn):

@@ -79,11 +79,12 @@ def test_hot_sum_loss_adds_the_relative_error_of_each_windows_hot_sum():
 def test_quick_models_record_their_local_fit_and_the_cnn_fine_tuning(quick_denoise_models):
     import json
 
-    from nmai.denoise.training import LOCAL_FIT
+    from nmai.denoise.training import FIT_SIGNIFICANCE, LOCAL_FIT
 
     for method, folder in quick_denoise_models.items():
         card = json.load(open(f"{folder}/metadata.json"))
         assert card["local_fit"] is LOCAL_FIT[method]
+        assert card["local_fit_significance"] == FIT_SIGNIFICANCE[method]
         fine = card["training"]["fine_tune"]
         assert (fine is not None) == (method == "cnn")
     fine = json.load(open(f"{quick_denoise_models['cnn']}/metadata.json"))["training"]["fine_tune"]

@@ -272,6 +272,7 @@ def _with(card, path, value):
     ("network.kwargs.channels", [4, True], "network.kwargs.channels"),
     ("network.kwargs.evil", 1, "network.kwargs.evil"),
     ("local_fit", "yes", "local_fit"),
+    ("local_fit_significance", -1.0, "local_fit_significance"),
     ("resolution_recovery", "sharp", "resolution_recovery"),
     ("resolution_recovery", {"psf_fwhm_mm": -1.0, "iterations": 20}, "resolution_recovery.psf_fwhm_mm"),
     ("resolution_recovery", {"psf_fwhm_mm": 5.9, "iterations": 0}, "resolution_recovery.iterations"),

@@ -23,6 +23,7 @@ Imports neither qt nor the Slicer application: tested with pytest and slicer-cor
 from __future__ import annotations
 
 import logging
+import math
 import os
 import sys
 
@@ -132,19 +133,22 @@ class NMAIDenoiseLogic(ModuleLogic):
 
     # ------------------------------------------------------------------ denoising
     def process(self, inputNode, method: str = "cnn", fwhm_mm: float | None = None, model: str | None = None,
-                units: str | None = None, wait: bool = True, progress=None):
+                units: str | None = None, wait: bool = True, progress=None, fit_significance: float | None = None):
         """Denoise ``inputNode`` (never modified) into a NEW PET node with its units, geometry and display.
 
         :param method: ``cnn``, ``gan``, ``sr`` (learned) or ``gaussian`` (the baseline post-filter).
         :param fwhm_mm: gaussian only: filter FWHM in mm (default 6).
         :param model: cnn/gan/sr only: a model folder or a built-in model name (default ``denoise-<method>``).
+        :param fit_significance: cnn/gan/sr only: z of the local fit's corrections (default: the model card's, 0:
+            the plain fit; larger: closer to the network's output, less noise — see ``nmai denoise --help``).
         :param units: ``"Bq/ml"``, ``"SUVbw"`` or ``"SUVlbm"`` when the node does not record its units.
         :param wait: True: run here and return the output node (the engine's note in ``lastNote``). False: run
             in a child process and return a :class:`NMAIExtensionLib.task.TaskHandle` (poll it;
             ``handle.node`` is the output and ``handle.result["note"]`` the note when done).
         :raises NMAIError: invalid input, missing or corrupt model, engine failure (nothing is created).
         """
-        task = self.buildTask(inputNode, method=method, fwhm_mm=fwhm_mm, model=model, units=units)
+        task = self.buildTask(inputNode, method=method, fwhm_mm=fwhm_mm, model=model, units=units,
+                              fit_significance=fit_significance)
         if not wait:
             return task.start()
         handle = task.run(progress)
@@ -155,7 +159,7 @@ class NMAIDenoiseLogic(ModuleLogic):
         return handle.nodes["denoised"]
 
     def buildTask(self, inputNode, method: str = "cnn", fwhm_mm: float | None = None, model: str | None = None,
-                  units: str | None = None) -> DenoiseTask:
+                  units: str | None = None, fit_significance: float | None = None) -> DenoiseTask:
         """Check the choices and build the engine task. Nothing runs yet: the input and the model are checked
         when the task starts (``run``/``start``), before anything is written."""
         if method not in METHODS:
@@ -167,6 +171,9 @@ class NMAIDenoiseLogic(ModuleLogic):
         if method == "gaussian":
             if model is not None:
                 raise NMAIError(_("A model applies to the cnn, gan and sr methods, not to the Gaussian filter."))
+            if fit_significance is not None:
+                raise NMAIError(_("A fit significance applies to the cnn, gan and sr methods, not to the Gaussian "
+                                  "filter."))
             fwhm = self._fwhm(DEFAULT_FWHM_MM if fwhm_mm is None else fwhm_mm)
             options, parameters = ["--method", method, "--fwhm", repr(fwhm)], {"fwhm_mm": fwhm}
         else:
@@ -179,6 +186,11 @@ class NMAIDenoiseLogic(ModuleLogic):
                     model = os.path.abspath(os.path.expanduser(model))
                     parameters["model_path"] = model
                 options += ["--model", model]
+            if fit_significance is not None:
+                z = float(fit_significance)
+                if not (math.isfinite(z) and z >= 0):
+                    raise NMAIError(_("The fit significance must be a number >= 0 (0: the plain local fit)."))
+                options += ["--fit-significance", repr(z)]   # the engine records it (local_fit_significance)
 
         def check(volume) -> None:  # after the input is read, before anything is written
             check_pet_input(volume)  # the input's problem is the one to fix first

@@ -31,6 +31,11 @@ def add_parser(sub):
                         "local level, the network's noise) or not; default: the model card's (on for the shipped "
                         "models). Without it: the raw network output (sr: no resolution recovery either); not "
                         "recommended for quantitation")
+    p.add_argument("--fit-significance", dest="fit_significance", type=float, default=None, metavar="Z",
+                   help="cnn/gan/sr: keep the local fit's corrections of the network output only as far as they "
+                        "exceed Z noise standard errors (0: the plain fit, the input's level everywhere; larger: "
+                        "closer to the network's output, less noise); default: the model card's (0 for "
+                        "the shipped models)")
     p.add_argument("--units", choices=PET_UNITS, default=None,
                    help="units of the input when its file does not record them")
     p.add_argument("--out", required=True, help="output file (.nii.gz, .nrrd)")
@@ -43,21 +48,22 @@ def run(args, progress):
 
     if args.method == "gaussian" and args.model:
         raise NMAIError("--model applies to cnn, gan and sr, not to gaussian")
-    if args.local_fit is not None and args.method == "gaussian":
-        raise NMAIError("--local-fit/--no-local-fit apply to cnn, gan and sr, not to gaussian")
+    if (args.local_fit is not None or args.fit_significance is not None) and args.method == "gaussian":
+        raise NMAIError("--local-fit/--no-local-fit and --fit-significance apply to cnn, gan and sr, not to gaussian")
     refuse_overwriting(args.out, args.input)
     progress(0.0, f"reading {args.input}")
     volume = read_volume(args.input, units=args.units)
     if volume.modality == "OT" and volume.units in PET_UNITS:
         volume.modality = "PT"
     out, info = denoise_volume(volume, args.method, fwhm_mm=args.fwhm, model=args.model, local_fit=args.local_fit,
-                               progress=progress.sub(0.1, 0.9))
+                               fit_significance=args.fit_significance, progress=progress.sub(0.1, 0.9))
     progress(0.9, f"writing {args.out}")
     write_volume(out, args.out)
     progress(1.0, "done")
     message = f"wrote {args.out}" + (f" (note: {info['note']})" if info.get("note") else "")
     parameters = ({"fwhm_mm": info["fwhm_mm"]} if args.method == "gaussian" else
                   {"model": info["model"], "local_fit_voxels": info["local_fit_voxels"],
+                   "local_fit_significance": info["local_fit_significance"],
                    "resolution_recovery": info["resolution_recovery"]})
     return {"message": message, "outputs": {"denoised": str(args.out)}, "method": args.method,
             "parameters": parameters, "units": out.units, "note": info.get("note"),

@@ -31,10 +31,16 @@ DEFAULT_START = 3
 LLF_WINDOW = (3, 5, 5)   # voxels (k, j, i)
 
 
-def local_linear_fit(guide: np.ndarray, image: np.ndarray, window=LLF_WINDOW, eps_rel: float = 1e-3) -> np.ndarray:
-    """``ā · guide + b̄`` with ``image ≈ a · guide + b`` fitted in every ``window`` (guided filter)."""
+def local_linear_fit(guide: np.ndarray, image: np.ndarray, window=LLF_WINDOW, eps_rel: float = 1e-3,
+                     significance: float = 0.0) -> np.ndarray:
+    """``ā · guide + b̄`` with ``image ≈ a · guide + b`` fitted in every ``window`` (guided filter).
+
+    ``significance`` z > 0: each window's correction of the guide is kept only as far as it is significant
+    against the image's noise (:func:`_shrunk_fit`); 0 is the plain fit, z → ∞ returns the guide."""
     from scipy.ndimage import uniform_filter
 
+    if significance > 0:
+        return _shrunk_fit(guide, image, window, eps_rel, significance)
     g, x = guide.astype(np.float64), image.astype(np.float64)
     mean = lambda a: uniform_filter(a, size=window, mode="nearest")  # noqa: E731
     mg, mx = mean(g), mean(x)
@@ -44,6 +50,40 @@ def local_linear_fit(guide: np.ndarray, image: np.ndarray, window=LLF_WINDOW, ep
     a = cov / (var + eps)
     b = mx - a * mg
     return (mean(a) * g + mean(b)).astype(np.float32)
+
+
+# variance of a 3x3x3 window mean of OSEM (PSF) noise / (voxel variance / 27): the noise is correlated, so a
+# window holds ~27/3.5 independent samples (measured on the validation phantoms' 2.5 % and 10 % OSEM, 3.1-3.7)
+NOISE_CORRELATION = 3.5
+
+
+def _shrunk_fit(guide, image, window, eps_rel, z):
+    """Local linear fit of the residual ``image - guide ≈ α (guide - ḡ) + β`` in every window, each
+    coefficient Wiener-shrunk toward 0 by its noise variance: ``β ← β³ / (β² + k var β)`` (likewise α),
+    ``k = z² · NOISE_CORRELATION``. A correction many standard errors large (a lesion the guide under-reads,
+    a level it does not know) is kept whole; one the size of the noise is dropped, so the guide's noise
+    suppression stays where it agrees with the data. The noise variance follows Poisson statistics,
+    ``c · ḡ``, with ``c`` the body median of the windows' fit-residual variance over ``ḡ``: scale-free
+    (Bq/ml, SUV), and not inflated by the misfit at a hot spot's edge."""
+    from scipy.ndimage import uniform_filter
+
+    g, x = guide.astype(np.float64), image.astype(np.float64)
+    mean = lambda a: uniform_filter(a, size=window, mode="nearest")  # noqa: E731
+    n = float(np.prod(window))
+    r = x - g
+    mg, mr = mean(g), mean(r)
+    var = np.maximum(mean(g * g) - mg * mg, 0.0)
+    cov = mean(g * r) - mg * mr
+    eps = eps_rel * max(float(np.mean(g[g > 0] ** 2)) if np.any(g > 0) else 1.0, 1e-30)
+    alpha = cov / (var + eps)
+    resid = np.maximum(mean(r * r) - mr * mr - alpha * cov, 0.0) * n / (n - 2)
+    positive = mg[mg > 0]
+    body = mg > 0.05 * np.percentile(positive, 95) if positive.size else np.zeros(mg.shape, bool)
+    c = float(np.median(resid[body] / mg[body])) if body.any() else 0.0
+    noise = z * z * NOISE_CORRELATION * c * np.maximum(mg, 0.0) / n     # k var β; k var α = that / var
+    alpha = alpha ** 3 / (alpha ** 2 + noise / (var + eps) + 1e-300)
+    beta = mr ** 3 / (mr ** 2 + noise + 1e-300)
+    return (g + mean(alpha) * g + mean(beta - alpha * mg)).astype(np.float32)
 
 
 def map_update(x_em, u, gamma: float):

@@ -24,7 +24,8 @@ Normalisation (exactly as at inference): both images are divided by the input's 
 Loss: L1, with voxels hotter than 3 × the body mean weighted × 5 for cnn and gan (lesions are a tiny
 fraction of the voxels, and a network trained toward the mean smooths them away); plain L1 for sr. The cnn
 then fine-tunes with :func:`hot_sum_loss` (each window's hot-voxel sum kept: lesion means), which is also the
-gan's content loss. Whether inference fits the output to its input is the card's ``local_fit`` (:data:`LOCAL_FIT`).
+gan's content loss. Whether inference fits the output to its input is the card's ``local_fit`` (:data:`LOCAL_FIT`),
+how strictly its ``local_fit_significance`` (:data:`FIT_SIGNIFICANCE`).
 
 Network: a 2.5-D MONAI U-Net with residual units and a global skip (``residual_unet``): five neighbouring
 slices in, the centre slice's correction out. No normalisation layers, so a tile's output does not depend
@@ -95,6 +96,12 @@ VERSIONS = {"cnn": "0.3.0", "gan": "0.3.0", "sr": "0.2.0"}
 # the v0.3 cnn keeps lesion means without it, at less noise; on real PET (another scanner's noise) the raw
 # network read small hot spots 17-21 % low where the fitted output read 5-7 % low (README), so it stays on
 LOCAL_FIT = {"cnn": True, "gan": True, "sr": True}
+# z of the fit's corrections by default (card ``local_fit_significance``; nmai.denoise.prior.local_linear_fit):
+# 0, the plain fit. At z = 3 the cnn met the phantom targets at a third less noise (PSNR gain 1.46 dB against
+# 0.63), but on the real GE scan it kept a +4.2 % level shift of the raw network's over one slab (plain fit
+# 0.0 %) and read hot spots about a point lower (README); the gan fell to -5.1 % SUVmean; sr's recovery of
+# 10 mm spheres fell from 0.19 to 0.13. So z stays a user's choice (--fit-significance), not the default
+FIT_SIGNIFICANCE = {"cnn": 0.0, "gan": 0.0, "sr": 0.0}
 FINE_TUNE_SEED = 21
 
 
@@ -430,7 +437,7 @@ def train_denoise(method: str, out_dir, *, preset: str = "shipped", init=None, d
                          "retrain with `nmai train denoise` before any use on patients",
             data_source=f"NMAI simulator whole-body phantoms, seeds {seeds.start}-{seeds.stop - 1}, voxel "
                         f"{p.voxel_mm[0]:g}-{p.voxel_mm[1]:g} mm, Biograph-mMR-class per-slice scanner model",
-            metrics=metrics, local_fit=LOCAL_FIT[method],
+            metrics=metrics, local_fit=LOCAL_FIT[method], local_fit_significance=FIT_SIGNIFICANCE[method],
             **({"resolution_recovery": sr_resolution_recovery()} if method == "sr" else {}))
         save_model(module, folder, card)
 

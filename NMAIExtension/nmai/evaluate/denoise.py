@@ -44,7 +44,8 @@ from ..errors import NMAIError
 from ..progress import as_progress
 from ..volume import Volume
 
-METHODS = ("cnn", "gan", "gaussian", "prior", "sr", "cnn-raw", "cnn-fit")  # the cnn without / with the local fit
+# cnn-raw: the cnn without its local fit; cnn-fit: with the plain fit (significance 0, the data's level everywhere)
+METHODS = ("cnn", "gan", "gaussian", "prior", "sr", "cnn-raw", "cnn-fit")
 DEFAULT_METHODS = METHODS
 LEARNED = ("cnn", "gan", "prior")          # each compared with a Gaussian at matched noise
 NETWORK_METHODS = ("cnn", "gan")           # image-to-image networks checked for unit invariance
@@ -473,9 +474,9 @@ def evaluate_case(seed: int, methods, models: dict, fractions, settings: dict, p
             if m in methods:
                 p(0.3, f"seed {seed}, {100 * f:g} % counts: {m}")
                 images[m], _ = denoise_volume(low, m, model=models[m], **_kw(settings))
-        for key, fit in (("cnn-raw", False), ("cnn-fit", True)):
+        for key, fit in (("cnn-raw", dict(local_fit=False)), ("cnn-fit", dict(local_fit=True, fit_significance=0.0))):
             if key in methods:
-                images[key], _ = denoise_volume(low, "cnn", model=models["cnn"], local_fit=fit, **_kw(settings))
+                images[key], _ = denoise_volume(low, "cnn", model=models["cnn"], **fit, **_kw(settings))
         if "prior" in methods:
             p(0.45, f"seed {seed}, {100 * f:g} % counts: CNN-prior reconstruction")
             images["prior"] = reconstruct_with_prior(low_acq, ph.mumap, models["cnn"], outer=settings["prior_outer"],

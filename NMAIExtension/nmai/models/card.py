@@ -5,7 +5,8 @@ bundle metadata fields where they fit (``version``, ``monai_version``, ``pytorch
 ``description``, ``network_data_format``, ``intended_use``, ``data_source``, ``metrics``) and adds NMAI
 fields: ``network`` (an allowlisted builder and its keyword arguments, never code), ``sha256`` of the weights
 file, ``training`` (command, seed, preset, duration, device, steps) and ``nmai_card_version``. A denoising
-model may add ``local_fit`` (whether its output is fitted to its input by default) and a super-resolution
+model may add ``local_fit`` (whether its output is fitted to its input by default),
+``local_fit_significance`` (the z of that fit's corrections, 0: the plain fit) and a super-resolution
 model ``resolution_recovery`` (``psf_fwhm_mm``, ``iterations``: the deconvolution run after it); see
 :mod:`nmai.denoise.apply`.
 A MONAI bundle layout (``configs/metadata.json`` + ``models/model.safetensors``) is accepted as well.
@@ -251,6 +252,7 @@ def validate_card(card, source="model card", *, require_sha: bool = True) -> dic
               f"is {kwargs['spatial_dims']}, but network_data_format.dims is {fmt['dims']}")
     if "local_fit" in c and not isinstance(c["local_fit"], bool):  # denoise: fit the output to the input
         _fail(source, "local_fit", f"is {c['local_fit']!r}, expected true or false")
+    _field(source, c, "local_fit_significance", "", "nonneg", required=False)  # z of the fit's corrections
     recovery = _field(source, c, "resolution_recovery", "", "dict", required=False)
     if recovery is not None:  # denoise sr: Richardson-Lucy after the network (nmai.denoise.apply)
         _unknown(source, recovery, {"psf_fwhm_mm", "iterations"}, "resolution_recovery.", {"why"})
