@@ -48,8 +48,10 @@ def run(args, progress):
 
     if args.method == "gaussian" and args.model:
         raise NMAIError("--model applies to cnn, gan and sr, not to gaussian")
-    if (args.local_fit is not None or args.fit_significance is not None) and args.method == "gaussian":
-        raise NMAIError("--local-fit/--no-local-fit and --fit-significance apply to cnn, gan and sr, not to gaussian")
+    if args.local_fit is not None and args.method == "gaussian":
+        raise NMAIError("--local-fit/--no-local-fit apply to cnn, gan and sr, not to gaussian")
+    if args.fit_significance is not None and args.method == "gaussian":
+        raise NMAIError("--fit-significance applies to cnn, gan and sr, not to gaussian")
     refuse_overwriting(args.out, args.input)
     progress(0.0, f"reading {args.input}")
     volume = read_volume(args.input, units=args.units)
