@@ -159,17 +159,14 @@ def test_fit_significance_reaches_the_engine_and_is_recorded(study, tiny_cnn):
 def test_background_run_with_a_model_folder_and_panel_choices(study, tiny_cnn):
     node = pet_node(study, "PET", geometry="lps")
     p = types.SimpleNamespace(inputVolume=node, inputUnits="recorded on the node", method="cnn", fwhmMm=6.0,
-                              modelPath=" " + tiny_cnn + " ", fitSignificance=-1.0)
+                              modelPath=" " + tiny_cnn + " ")
     handle = NMAIDenoiseLogic().processParameters(p, wait=False)
     nodes = handle.wait(timeout=300)
     assert list(nodes) == ["denoised"] and handle.node.GetName() == "PET_denoised"
     assert handle.node.GetAttribute("NMAI.modelSha256") == model_sha(tiny_cnn)
     assert NMAIDenoiseLogic.noteOf(handle) is None
     assert json.loads(handle.node.GetAttribute("NMAI.parameters"))["local_fit_significance"] == 0.0  # card's
-    p.fitSignificance = 2.5   # the panel's fit significance reaches the engine
-    out = NMAIDenoiseLogic().processParameters(p, wait=True)
-    assert json.loads(out.GetAttribute("NMAI.parameters"))["local_fit_significance"] == 2.5
-    p.method = "gaussian"  # the FWHM spin box is used for gaussian only, the fit significance is not
+    p.method = "gaussian"  # the spin box value is used for gaussian only
     out = NMAIDenoiseLogic().processParameters(p, wait=True)
     assert json.loads(out.GetAttribute("NMAI.parameters")) == {"fwhm_mm": 6.0}
 

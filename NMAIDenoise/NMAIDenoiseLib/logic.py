@@ -220,9 +220,8 @@ class NMAIDenoiseLogic(ModuleLogic):
         units = p.inputUnits if p.inputUnits in PET_UNITS else None
         if p.method == "gaussian":
             return self.process(p.inputVolume, method="gaussian", fwhm_mm=p.fwhmMm, units=units, wait=wait)
-        z = getattr(p, "fitSignificance", -1.0)  # the panel's "model default" is -1
         return self.process(p.inputVolume, method=p.method, model=(p.modelPath or "").strip() or None, units=units,
-                            wait=wait, fit_significance=None if z is None or z < 0 else float(z))
+                            wait=wait)
 
     @staticmethod
     def modelInstalled(method: str) -> bool:
