@@ -80,7 +80,7 @@ def test_quick_evaluation_runs_end_to_end_and_writes_the_documented_json(models,
     for key in keys:
         for fk in ("0.1", "1"):
             e = wb["summary"][key][fk]
-            for metric in ("ssim", "nrmse", "liver_cov"):
+            for metric in ("ssim", "nrmse", "liver_cov", "liver_suvmean_bias_pct"):
                 assert _finite(e[metric]["mean"]), (key, fk, metric)
             for kind in ("suvmean", "suvmax", "suvpeak"):
                 b = e[f"lesion_{kind}_bias_pct"]
@@ -91,7 +91,7 @@ def test_quick_evaluation_runs_end_to_end_and_writes_the_documented_json(models,
     full = wb["summary"]["osem"]["1"]
     assert full["psnr_db"]["mean"] is None and full["nrmse"]["mean"] == 0.0
     assert full["ssim"]["mean"] == pytest.approx(1.0)
-    assert full["lesion_suvmax_bias_pct"]["mean_abs"] == 0.0
+    assert full["lesion_suvmax_bias_pct"]["mean_abs"] == 0.0 and full["liver_suvmean_bias_pct"]["mean"] == 0.0
     # ... so at 100 % a method's change against its OSEM input is its bias against the reference
     assert "lesion_suvmean_vs_osem_pct" not in full
     for key in keys - {"osem"}:

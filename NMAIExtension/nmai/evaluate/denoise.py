@@ -9,7 +9,8 @@ validation 25000+; evaluation: whole-body seeds ``seed_start`` .. below 10000):
    count fraction (a list-mode subsample: same patient, same scan, fewer counts); each reconstructed with OSEM
    (3 iterations x 14 subsets, PSF). The reference is the full-count OSEM of the same acquisition. Per method
    and count level, in SUV: PSNR, SSIM and NRMSE inside the body mask (``metrics.body_mask`` of the
-   reference), liver CoV (noise; liver eroded by one voxel) and, per lesion >= 10 mm, SUVmean / SUVmax /
+   reference), liver CoV (noise; liver eroded by one voxel), liver SUVmean bias vs the reference (%; the liver
+   is the reference region of PERCIST and Deauville reads) and, per lesion >= 10 mm, SUVmean / SUVmax /
    SUVpeak bias vs the reference (%). ``cnn``/``gan``: the network applied to the OSEM image; ``prior``: the
    CNN-prior reconstruction of the thinned acquisition (:func:`nmai.denoise.prior.reconstruct_with_prior`),
    starting from the same OSEM;
@@ -389,7 +390,9 @@ def image_metrics(img: np.ndarray, ref: np.ndarray, body, liver, lesions, ref_le
     from ..denoise.metrics import nrmse, psnr_db, region_stats, ssim
 
     out = {"psnr_db": _finite(psnr_db(img, ref, body)), "ssim": ssim(img, ref, body),
-           "nrmse": nrmse(img, ref, body), "liver_cov": cov(img, liver), "lesions": []}
+           "nrmse": nrmse(img, ref, body), "liver_cov": cov(img, liver),
+           "liver_suvmean_bias_pct": _pct(float(img[liver].mean()), float(ref[liver].mean())) if liver.any() else None,
+           "lesions": []}
     for les, r in zip(lesions, ref_lesions):
         s = region_stats(img, les["mask"], spacing)
         row = {"name": les["name"]}
@@ -530,7 +533,8 @@ def summarise_wholebody(cases: list[dict], fractions) -> dict:
             per = [c["fractions"][fk][key] for c in cases if key in c["fractions"][fk]]
             if not per:
                 continue
-            entry = {m: _stats([p.get(m) for p in per]) for m in ("psnr_db", "ssim", "nrmse", "liver_cov")}
+            entry = {m: _stats([p.get(m) for p in per])
+                     for m in ("psnr_db", "ssim", "nrmse", "liver_cov", "liver_suvmean_bias_pct")}
             for extra in ("psnr_gain_db", "fwhm_mm"):
                 if any(extra in p for p in per):
                     entry[extra] = _stats([p.get(extra) for p in per])
