@@ -140,7 +140,8 @@ class NMAIDenoiseLogic(ModuleLogic):
         :param fwhm_mm: gaussian only: filter FWHM in mm (default 6).
         :param model: cnn/gan/sr only: a model folder or a built-in model name (default ``denoise-<method>``).
         :param fit_significance: cnn/gan/sr only: z of the local fit's corrections (default: the model card's, 0:
-            the plain fit; larger: closer to the network's output, less noise — see ``nmai denoise --help``).
+            the plain fit; larger: closer to the network's output, less noise; with the shipped weights it keeps
+            part of their raw output's liver inflation — README).
         :param units: ``"Bq/ml"``, ``"SUVbw"`` or ``"SUVlbm"`` when the node does not record its units.
         :param wait: True: run here and return the output node (the engine's note in ``lastNote``). False: run
             in a child process and return a :class:`NMAIExtensionLib.task.TaskHandle` (poll it;

@@ -35,7 +35,8 @@ def add_parser(sub):
                    help="cnn/gan/sr: keep the local fit's corrections of the network output only as far as they "
                         "exceed Z noise standard errors (0: the plain fit, the input's level everywhere; larger: "
                         "closer to the network's output, less noise); default: the model card's (0 for "
-                        "the shipped models)")
+                        "the shipped models, whose raw output reads the liver high: Z > 0 keeps part of that, see "
+                        "the README)")
     p.add_argument("--units", choices=PET_UNITS, default=None,
                    help="units of the input when its file does not record them")
     p.add_argument("--out", required=True, help="output file (.nii.gz, .nrrd)")

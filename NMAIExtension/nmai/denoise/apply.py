@@ -8,7 +8,7 @@ window's correction is kept only as far as it stands out of the noise (z standar
 :func:`nmai.denoise.prior.local_linear_fit`), so the network's output stays where it agrees with the data.
 Whether the fit runs by default and its significance are the model card's ``local_fit`` (true when absent) and
 ``local_fit_significance`` (0 when absent; 0 for the shipped models: at z = 3 the cnn's phantom noise fell by a
-third, but on real PET it kept more of the raw network's regional level shifts — README). ``local_fit`` and
+quarter, but it keeps part of the raw v0.3 network's liver inflation — README). ``local_fit`` and
 ``fit_significance`` override the card.
 
 ``sr`` then recovers resolution: Richardson–Lucy deconvolution of the input scanner's resolution (the blur

@@ -53,7 +53,8 @@ def local_linear_fit(guide: np.ndarray, image: np.ndarray, window=LLF_WINDOW, ep
 
 
 # variance of a 3x3x3 window mean of OSEM (PSF) noise / (voxel variance / 27): the noise is correlated, so a
-# window holds ~27/3.5 independent samples (measured on the validation phantoms' 2.5 % and 10 % OSEM, 3.1-3.7)
+# window holds ~27/3.5 independent samples (measured on the validation phantoms' 2.5 % and 10 % OSEM, 3.1-3.7;
+# for the 3x3x3 windows denoising uses, applied as is to other windows)
 NOISE_CORRELATION = 3.5
 
 
