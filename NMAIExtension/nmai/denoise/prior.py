@@ -46,10 +46,15 @@ def local_linear_fit(guide: np.ndarray, image: np.ndarray, window=LLF_WINDOW, ep
     mg, mx = mean(g), mean(x)
     cov = mean(g * x) - mg * mx
     var = np.maximum(mean(g * g) - mg * mg, 0.0)
-    eps = eps_rel * max(float(np.mean(g[g > 0] ** 2)) if np.any(g > 0) else 1.0, 1e-30)
+    eps = _ridge(g, eps_rel)
     a = cov / (var + eps)
     b = mx - a * mg
     return (mean(a) * g + mean(b)).astype(np.float32)
+
+
+def _ridge(g, eps_rel):
+    """The fit's ridge term: ``eps_rel`` × the mean square of the guide's positive voxels."""
+    return eps_rel * max(float(np.mean(g[g > 0] ** 2)) if np.any(g > 0) else 1.0, 1e-30)
 
 
 # variance of a 3x3x3 window mean of OSEM (PSF) noise / (voxel variance / 27): the noise is correlated, so a
@@ -75,7 +80,7 @@ def _shrunk_fit(guide, image, window, eps_rel, z):
     mg, mr = mean(g), mean(r)
     var = np.maximum(mean(g * g) - mg * mg, 0.0)
     cov = mean(g * r) - mg * mr
-    eps = eps_rel * max(float(np.mean(g[g > 0] ** 2)) if np.any(g > 0) else 1.0, 1e-30)
+    eps = _ridge(g, eps_rel)
     alpha = cov / (var + eps)
     resid = np.maximum(mean(r * r) - mr * mr - alpha * cov, 0.0) * n / (n - 2)
     positive = mg[mg > 0]

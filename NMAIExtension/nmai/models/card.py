@@ -95,6 +95,8 @@ def _check_value(source, path: str, value, kind):
         ok = is_num and 0 <= value < 1
     elif kind == "percent":
         ok = is_num and 0 < value <= 100
+    elif kind == "bool":
+        ok = isinstance(value, bool)
     elif kind == "dict":
         ok = isinstance(value, dict)
     elif kind == "str_or_null":
@@ -250,8 +252,7 @@ def validate_card(card, source="model card", *, require_sha: bool = True) -> dic
     if "spatial_dims" in kwargs and kwargs["spatial_dims"] != fmt["dims"]:
         _fail(source, "network.kwargs.spatial_dims",
               f"is {kwargs['spatial_dims']}, but network_data_format.dims is {fmt['dims']}")
-    if "local_fit" in c and not isinstance(c["local_fit"], bool):  # denoise: fit the output to the input
-        _fail(source, "local_fit", f"is {c['local_fit']!r}, expected true or false")
+    _field(source, c, "local_fit", "", "bool", required=False)  # denoise: fit the output to the input
     _field(source, c, "local_fit_significance", "", "nonneg", required=False)  # z of the fit's corrections
     recovery = _field(source, c, "resolution_recovery", "", "dict", required=False)
     if recovery is not None:  # denoise sr: Richardson-Lucy after the network (nmai.denoise.apply)
