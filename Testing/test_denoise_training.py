@@ -4,6 +4,7 @@ cards record."""
 import numpy as np
 import pytest
 
+from nmai.errors import NMAIError
 from nmai.denoise.training import CONTEXT, ROI, PairSampler, _pad, lesion_centres
 from nmai.sim import make_phantom
 
@@ -61,19 +62,83 @@ def test_no_lesion_windows_means_the_random_windows_of_a_case_without_lesions():
 def test_hot_sum_loss_adds_the_relative_error_of_each_windows_hot_sum():
     import torch
 
-    from nmai.denoise.training import HOT, HOT_SUM_WEIGHT, hot_sum_loss, hot_weighted_l1
+    from nmai.denoise.training import HOT_SUM_WEIGHT, hot_sum_loss, hot_weighted_l1
 
     target = torch.ones(2, 1, 8, 8)
     target[0, 0, 2:4, 2:4] = 10.0                      # window 0: a lesion of 4 hot voxels; window 1: none
+    hot = torch.zeros_like(target)
+    hot[0, 0, 2:4, 2:4] = 1.0
     pred = target.clone()
     pred[0, 0, 2:4, 2:4] = 8.0                         # lesion read 20 % low
-    pred[1, 0, 0, 0] = 1.0 + HOT                       # a hot error where the target has no hot voxel
+    pred[1, 0, 0, 0] = 5.0                             # a hot error where the truth has no hot voxel
     base = hot_weighted_l1(pred, target)
     # only window 0 has hot voxels: its relative hot-sum error is 8/40 = 0.2
-    assert float(hot_sum_loss(pred, target)) == pytest.approx(float(base) + HOT_SUM_WEIGHT * 0.2, rel=1e-6)
+    assert float(hot_sum_loss(pred, target, hot)) == pytest.approx(float(base) + HOT_SUM_WEIGHT * 0.2, rel=1e-6)
     # a lesion whose voxels err both ways but keep their sum costs only the voxel term
     pred[0, 0, 2, 2:4], pred[0, 0, 3, 2:4] = 12.0, 8.0
-    assert float(hot_sum_loss(pred, target)) == pytest.approx(float(hot_weighted_l1(pred, target)), rel=1e-6)
+    assert float(hot_sum_loss(pred, target, hot)) == pytest.approx(float(hot_weighted_l1(pred, target)), rel=1e-6)
+
+
+def test_hot_sum_loss_sums_over_the_truths_hot_voxels_not_the_noisy_targets():
+    """A background voxel whose noise came out above the threshold is not a hot voxel: the sum is over the
+    truth's mask, so an output that reads it at its true (background) level is not pulled up."""
+    import torch
+
+    from nmai.denoise.training import HOT, hot_sum_loss, hot_weighted_l1
+
+    target = torch.ones(1, 1, 8, 8)
+    target[0, 0, 5, 5] = HOT + 2.0                     # noise, not a lesion
+    pred = torch.ones_like(target)                     # the truth
+    no_hot = torch.zeros_like(target)
+    assert float(hot_sum_loss(pred, target, no_hot)) == pytest.approx(float(hot_weighted_l1(pred, target)), rel=1e-6)
+    assert float(hot_sum_loss(pred, target, (target > HOT).float())) > float(hot_weighted_l1(pred, target)) + 1.0
+
+
+def test_truth_hot_mask_holds_the_lesions_and_hot_organs_but_not_the_liver():
+    from nmai.denoise.training import HOT, body_scale, truth_hot_mask
+    from nmai.sim.tissues import LESION_LABEL_BASE, L
+
+    ph = make_phantom("wholebody", seed=3, voxel_mm=8.0, supersample=1, lesions=5, mr=False,
+                      lesion_diameter_mm=(20.0, 30.0))
+    hot = truth_hot_mask(ph)
+    a, labels = ph.activity.array, ph.labels.array
+    assert hot.shape == a.shape and hot.dtype == np.uint8
+    assert np.all(hot[labels >= LESION_LABEL_BASE] == 1)
+    assert np.array_equal(hot[labels < LESION_LABEL_BASE] == 1, (a / body_scale(a) > HOT)[labels < LESION_LABEL_BASE])
+    liver = labels == L("liver")
+    assert liver.any() and not hot[liver].any()
+
+
+def test_hot_masks_travel_with_their_windows():
+    rng = np.random.default_rng(0)
+    y = rng.random((2, 12, 80, 90)).astype(np.float16)
+    hot = (y[0] > 0.9).astype(np.uint8)                 # any pattern tied to the voxels of the first version
+    case = {"x": y, "y": np.repeat(y[:1], 2, 0), "hot": hot, "centres": np.array([[5, 40, 40]], np.int32)}
+    xs, ys, hs = PairSampler([case], batch=16, lesion_windows=0.5, with_hot=True)(0, np.random.default_rng(4))
+    assert hs.shape == ys.shape
+    assert np.array_equal(hs.numpy() == 1, ys.numpy() > 0.9)    # same slice, window and flip as the target
+    x2, y2 = PairSampler([case], batch=16, lesion_windows=0.5)(0, np.random.default_rng(4))
+    assert np.array_equal(xs.numpy(), x2.numpy()) and np.array_equal(ys.numpy(), y2.numpy())
+    with pytest.raises(NMAIError, match="truth hot mask"):
+        PairSampler([{"x": y, "y": y}], batch=2, with_hot=True)
+
+
+def test_a_cached_case_without_its_truth_mask_gets_the_mask_of_its_phantom(quick_denoise_models, tmp_path):
+    """Caches written before the truth masks stay usable: the mask is made from the re-made phantom."""
+    from pathlib import Path
+
+    from nmai.denoise.training import PRESETS, TRAIN_SEED_BASE, build_cases
+
+    cached = Path(quick_denoise_models["cnn"]).parent / "cache" / f"lowcount-lesions3-9-{TRAIN_SEED_BASE}.npz"
+    with np.load(cached) as z:
+        made = {k: z[k] for k in z}
+    assert made["hot"].any() and made["hot"].shape == made["x"].shape[1:]
+    old = tmp_path / cached.name
+    np.savez(old, x=made["x"], y=made["y"], centres=made["centres"])
+    case, = build_cases([TRAIN_SEED_BASE], "cnn", PRESETS["quick"], cache_dir=tmp_path)
+    assert np.array_equal(case["hot"], _pad({"x": made["x"], "y": made["y"], "hot": made["hot"]})["hot"])
+    with np.load(old) as z:
+        assert np.array_equal(z["hot"], made["hot"])     # and the cache now holds it
 
 
 def test_quick_models_record_their_local_fit_and_the_cnn_fine_tuning(quick_denoise_models):
@@ -88,4 +153,18 @@ def test_quick_models_record_their_local_fit_and_the_cnn_fine_tuning(quick_denoi
         fine = card["training"]["fine_tune"]
         assert (fine is not None) == (method == "cnn")
     fine = json.load(open(f"{quick_denoise_models['cnn']}/metadata.json"))["training"]["fine_tune"]
-    assert fine["steps"] == 2 and "hot-voxel sum" in fine["loss"]
+    assert fine["steps"] == 2 and "truth's hot voxels" in fine["loss"]
+
+
+def test_the_shipped_cards_are_what_the_shipped_preset_writes():
+    """The registered denoisers carry the version and default fit significance that training writes now."""
+    import json
+
+    from nmai.denoise.training import FIT_SIGNIFICANCE, LOCAL_FIT, NAMES, VERSIONS
+    from nmai.models.registry import resolve_model
+
+    for method, name in NAMES.items():
+        card = json.load(open(resolve_model(name).folder / "metadata.json"))
+        assert card["version"] == VERSIONS[method]
+        assert card["local_fit"] is LOCAL_FIT[method]
+        assert card["local_fit_significance"] == FIT_SIGNIFICANCE[method]

@@ -34,9 +34,8 @@ def add_parser(sub):
     p.add_argument("--fit-significance", dest="fit_significance", type=float, default=None, metavar="Z",
                    help="cnn/gan/sr: keep the local fit's corrections of the network output only as far as they "
                         "exceed Z noise standard errors (0: the plain fit, the input's level everywhere; larger: "
-                        "closer to the network's output, less noise); default: the model card's (0 for "
-                        "the shipped models, whose raw output reads the liver high: Z > 0 keeps part of that, see "
-                        "the README)")
+                        "closer to the network's output, less noise, small lesions read lower); default: the model "
+                        "card's (denoise-cnn 2, denoise-gan and denoise-sr 0; see the README)")
     p.add_argument("--units", choices=PET_UNITS, default=None,
                    help="units of the input when its file does not record them")
     p.add_argument("--out", required=True, help="output file (.nii.gz, .nrrd)")

@@ -7,9 +7,8 @@ The plain fit also gives back part of the noise the network removed; with a ``si
 window's correction is kept only as far as it stands out of the noise (z standard errors:
 :func:`nmai.denoise.prior.local_linear_fit`), so the network's output stays where it agrees with the data.
 Whether the fit runs by default and its significance are the model card's ``local_fit`` (true when absent) and
-``local_fit_significance`` (0 when absent; 0 for the shipped models: at z = 3 the cnn's phantom noise fell by a
-quarter, but it keeps part of the raw v0.3 network's liver inflation — README). ``local_fit`` and
-``fit_significance`` override the card.
+``local_fit_significance`` (0 when absent; shipped: cnn 2, gan and sr 0, chosen on phantoms —
+README). ``local_fit`` and ``fit_significance`` override the card.
 
 ``sr`` then recovers resolution: Richardson–Lucy deconvolution of the input scanner's resolution (the blur
 its OSEM did not model; ``resolution_recovery`` in the model card), started from the fitted network output.

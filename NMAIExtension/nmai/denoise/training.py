@@ -23,9 +23,10 @@ Normalisation (exactly as at inference): both images are divided by the input's 
 
 Loss: L1, with voxels hotter than 3 × the body mean weighted × 5 for cnn and gan (lesions are a tiny
 fraction of the voxels, and a network trained toward the mean smooths them away); plain L1 for sr. The cnn
-then fine-tunes with :func:`hot_sum_loss` (each window's hot-voxel sum kept: lesion means), which is also the
-gan's content loss. Whether inference fits the output to its input is the card's ``local_fit`` (:data:`LOCAL_FIT`),
-how strictly its ``local_fit_significance`` (:data:`FIT_SIGNIFICANCE`).
+then fine-tunes with :func:`hot_sum_loss` (each window's sum over the truth's hot voxels kept: lesion means;
+the mask, :func:`truth_hot_mask`, is stored with each case), which is also the gan's content loss. Whether
+inference fits the output to its input is the card's ``local_fit`` (:data:`LOCAL_FIT`), how strictly its
+``local_fit_significance`` (:data:`FIT_SIGNIFICANCE`).
 
 Network: a 2.5-D MONAI U-Net with residual units and a global skip (``residual_unet``): five neighbouring
 slices in, the centre slice's correction out. No normalisation layers, so a tile's output does not depend
@@ -91,18 +92,18 @@ PRESETS = {
                     channels=(4, 8, 16, 32), val_cases=1, per_case=1, voxel_mm=(6.0, 7.0), lesion_windows=0.5,
                     fine_tune={"cnn": 2}),  # tests and CI: proves the code runs, trains nothing
 }
-VERSIONS = {"cnn": "0.3.0", "gan": "0.3.0", "sr": "0.2.0"}
+VERSIONS = {"cnn": "0.4.0", "gan": "0.4.0", "sr": "0.2.0"}
 # whether inference fits the network output to its input by default (card field ``local_fit``). On phantoms
-# the v0.3 cnn keeps lesion means without it, at less noise; on real PET (another scanner's noise) the raw
+# the raw network meets some lesion targets at less noise; on real PET (another scanner's noise) the raw v0.3
 # network read small hot spots 17-21 % low where the fitted output read 5-7 % low (README), so it stays on
 LOCAL_FIT = {"cnn": True, "gan": True, "sr": True}
-# z of the fit's corrections by default (card ``local_fit_significance``; nmai.denoise.prior.local_linear_fit):
-# 0, the plain fit. At z = 3 the cnn met the phantom lesion targets at a quarter less noise (PSNR gain 1.46 dB
-# against 0.63), but it kept part of the raw v0.3 network's liver inflation (a phantom liver +9 % at 10 %
-# counts; the real GE scan's liver slab +4.2 %, plain fit 0.0 %) and read hot spots about a point lower
-# (README); the gan fell to -5.1 % SUVmean; sr's recovery of 10 mm spheres fell from 0.19 to 0.13. So z is a
-# user's choice (--fit-significance), not the default
-FIT_SIGNIFICANCE = {"cnn": 0.0, "gan": 0.0, "sr": 0.0}
+# z of the fit's corrections by default (card ``local_fit_significance``; nmai.denoise.prior.local_linear_fit).
+# cnn: chosen on validation phantoms 25010-25015 (README, "How v0.4 was chosen"): the largest z of 0/1/1.5/2/3
+# whose lesion SUVmean bias stays within -2 % at 10 % and 2.5 % counts (the evaluation has read 2-3 points
+# lower than validation). The same rule gave the gan 1.5, which then read -5.0 % at 2.5 % counts in the
+# evaluation, so the gan keeps 0. v0.3 kept 0 for both: its raw output read the liver 11-30 % high, and z > 0
+# kept part of that; v0.4's does not. sr: 0 (z = 3 cut its 10 mm sphere recovery from 0.19 to 0.13)
+FIT_SIGNIFICANCE = {"cnn": 2.0, "gan": 0.0, "sr": 0.0}
 FINE_TUNE_SEED = 21
 
 
@@ -149,16 +150,37 @@ def with_hot_points(activity, rng: np.random.Generator):
     return activity.derive(a)
 
 
-def make_case(seed: int, method: str, preset: Preset) -> dict:
-    """One phantom's (input, target) pairs, each normalised by its input's body mean: float16
-    ``x`` (N, Z, Y, X) and ``y`` (N, Z, Y, X), plus what was drawn."""
-    from ..sim import DEFAULT_SCANNER, make_phantom, reconstruct, simulate_acquisition, thinned
+def draw_phantom(seed: int, method: str, preset: Preset):
+    """The case's random draws, in order: (rng, voxel size, scan parameters, phantom); ``rng`` goes on to draw
+    the count fractions. :func:`make_case` and :func:`truth_hot_mask` share it, so a cached case gets the mask
+    of the very phantom it was simulated from."""
+    from ..sim import make_phantom
 
     rng = np.random.default_rng(np.random.SeedSequence([seed, 11]))
     voxel = float(rng.uniform(*preset.voxel_mm))
     p = scan_params(rng)
     phantom = make_phantom("wholebody", seed=seed, voxel_mm=voxel, arms=bool(rng.random() < 0.4),
                            lesions=int(rng.integers(*(SR_LESIONS if method == "sr" else preset.lesions))), mr=False)
+    return rng, voxel, p, phantom
+
+
+def truth_hot_mask(phantom) -> np.ndarray:
+    """Where the phantom is truly hot: activity > ``HOT`` × its body mean, or a lesion (uint8, Z, Y, X). The
+    hot-sum loss sums over these voxels; chosen on the noisy target instead, the chosen voxels are those
+    whose noise came out high, and a network trained to keep their sum reads hot-ish organs high."""
+    from ..sim.tissues import LESION_LABEL_BASE
+
+    a = phantom.activity.array
+    return ((a / body_scale(a) > HOT) | (phantom.labels.array >= LESION_LABEL_BASE)).astype(np.uint8)
+
+
+def make_case(seed: int, method: str, preset: Preset) -> dict:
+    """One phantom's (input, target) pairs, each normalised by its input's body mean: float16
+    ``x`` (N, Z, Y, X) and ``y`` (N, Z, Y, X), for cnn/gan the truth's ``hot`` mask (Z, Y, X), plus what
+    was drawn."""
+    from ..sim import DEFAULT_SCANNER, reconstruct, simulate_acquisition, thinned
+
+    rng, voxel, p, phantom = draw_phantom(seed, method, preset)
     act, mu = phantom.activity, phantom.mumap
     if method == "sr":
         act = with_hot_points(act, rng)
@@ -182,8 +204,9 @@ def make_case(seed: int, method: str, preset: Preset) -> dict:
         s = body_scale(x)
         xs.append((x / s).astype(np.float16))
         ys.append((target / s).astype(np.float16))
+    extra = {} if method == "sr" else {"hot": truth_hot_mask(phantom)}
     return {"x": np.stack(xs), "y": np.stack(ys), "centres": lesion_centres(phantom), "seed": seed,
-            "voxel_mm": voxel, "fractions": fractions, **p}
+            "voxel_mm": voxel, "fractions": fractions, **extra, **p}
 
 
 def lesion_centres(phantom) -> np.ndarray:
@@ -205,27 +228,47 @@ def _pad(case: dict) -> dict:
     if py or px:
         pads = ((0, 0), (0, 0), (py // 2, py - py // 2), (px // 2, px - px // 2))
         case["x"], case["y"] = np.pad(case["x"], pads), np.pad(case["y"], pads)
+        if "hot" in case:
+            case["hot"] = np.pad(case["hot"], pads[1:])
         if "centres" in case:
             case["centres"] = case["centres"] + np.array([0, py // 2, px // 2], np.int32)
     return case
 
 
 def build_cases(seeds, method: str, preset: Preset, workers: int = 1, cache_dir=None, progress=None) -> list[dict]:
-    """Build (or load from ``cache_dir``: ``<kind>-<seed>.npz``, no pickle) the training cases."""
+    """Build (or load from ``cache_dir``: ``<kind>-<seed>.npz``, no pickle) the training cases. A cached
+    cnn/gan case from before the truth masks (NMAI ≤ 0.3 models) gets its mask from its re-made phantom."""
     progress = as_progress(progress)
     # the lesion count changes the phantoms, so it is in the cache name (other preset fields are not)
     kind = "sr-points" if method == "sr" else "lowcount-lesions{}-{}".format(*preset.lesions)
     seeds = list(seeds)
     cache = Path(cache_dir) if cache_dir else None
     cases: dict[int, dict] = {}
+
+    def store(case):
+        from ..io import atomic_path
+
+        keys = ("x", "y", "centres", "hot") if "hot" in case else ("x", "y", "centres")
+        with atomic_path(cache / f"{kind}-{case['seed']}.npz") as tmp, open(tmp, "wb") as fh:
+            np.savez(fh, **{k: case[k] for k in keys})
+
     if cache is not None:
         cache.mkdir(parents=True, exist_ok=True)
         for s in seeds:
             f = cache / f"{kind}-{s}.npz"
             if f.exists():
                 with np.load(f, allow_pickle=False) as z:
-                    cases[s] = {"x": z["x"], "y": z["y"], "seed": s,
-                                "centres": z["centres"] if "centres" in z else np.zeros((0, 3), np.int32)}
+                    cases[s] = {k: z[k] for k in ("x", "y", "centres", "hot") if k in z}
+                cases[s]["seed"] = s
+                cases[s].setdefault("centres", np.zeros((0, 3), np.int32))
+                if method != "sr" and "hot" not in cases[s]:
+                    progress(0.0, f"phantom {s}: adding its truth mask to the cache")
+                    hot = truth_hot_mask(draw_phantom(s, method, preset)[3])
+                    if hot.shape != cases[s]["x"].shape[1:]:
+                        raise NMAIError(f"{f}: made with other phantom settings than preset {preset}; delete "
+                                        "the cache folder (or use another) and train again")
+                    cases[s]["hot"] = hot
+                    store(cases[s])
     todo = [s for s in seeds if s not in cases]
     pool = None
     if workers > 1 and len(todo) > 1:
@@ -239,10 +282,7 @@ def build_cases(seeds, method: str, preset: Preset, workers: int = 1, cache_dir=
         for i, case in enumerate(made):
             cases[case["seed"]] = case
             if cache is not None:
-                from ..io import atomic_path
-
-                with atomic_path(cache / f"{kind}-{case['seed']}.npz") as tmp, open(tmp, "wb") as fh:
-                    np.savez(fh, x=case["x"], y=case["y"], centres=case["centres"])
+                store(case)
             progress((len(seeds) - len(todo) + i + 1) / len(seeds), f"phantom {len(seeds) - len(todo) + i + 1}/{len(seeds)}")
     finally:
         if pool is not None:
@@ -251,7 +291,9 @@ def build_cases(seeds, method: str, preset: Preset, workers: int = 1, cache_dir=
 
 
 class PairSampler:
-    """Random 2.5-D windows: (B, 2k+1, ROI, ROI) inputs, (B, 1, ROI, ROI) targets, random flips.
+    """Random 2.5-D windows: (B, 2k+1, ROI, ROI) inputs, (B, 1, ROI, ROI) targets, random flips; with
+    ``with_hot`` also the targets' truth hot masks (B, 1, ROI, ROI), for :func:`hot_sum_loss`. The windows
+    drawn do not depend on ``with_hot``.
 
     A share ``lesion_windows`` of the windows contains one of the case's lesion centres (the window's
     centre slice within ±1 slice of it, in-plane at least 4 voxels from the window's edge). Drawn uniformly,
@@ -259,13 +301,15 @@ class PairSampler:
     that rarely sees one learns to read a small hot spot as noise and flattens it.
     """
 
-    def __init__(self, cases: list[dict], batch: int, lesion_windows: float = 0.0):
-        self.batch, self.cases, self.lesion_windows = batch, cases, float(lesion_windows)
+    def __init__(self, cases: list[dict], batch: int, lesion_windows: float = 0.0, with_hot: bool = False):
+        if with_hot and not all("hot" in c for c in cases):
+            raise NMAIError("the hot-sum loss needs each case's truth hot mask; rebuild the training cases")
+        self.batch, self.cases, self.lesion_windows, self.with_hot = batch, cases, float(lesion_windows), with_hot
 
     def __call__(self, step: int, rng: np.random.Generator):
         import torch
 
-        xs, ys = [], []
+        out = ([], [], [])
         for _ in range(self.batch):
             c = self.cases[int(rng.integers(len(self.cases)))]
             n, nz, ny, nx = c["x"].shape
@@ -278,13 +322,14 @@ class PairSampler:
                 j0 = int(np.clip(cj - rng.integers(4, ROI - 4), 0, ny - ROI))
                 i0 = int(np.clip(ci - rng.integers(4, ROI - 4), 0, nx - ROI))
             ks = [min(max(k + d, 0), nz - 1) for d in range(-CONTEXT, CONTEXT + 1)]
-            x = c["x"][m, ks, j0:j0 + ROI, i0:i0 + ROI].astype(np.float32)
-            y = c["y"][m, k:k + 1, j0:j0 + ROI, i0:i0 + ROI].astype(np.float32)
-            if rng.random() < 0.5:
-                x, y = x[:, :, ::-1], y[:, :, ::-1]
-            xs.append(np.ascontiguousarray(x))
-            ys.append(np.ascontiguousarray(y))
-        return torch.from_numpy(np.stack(xs)), torch.from_numpy(np.stack(ys))
+            j, i = slice(j0, j0 + ROI), slice(i0, i0 + ROI)
+            arrays = [c["x"][m, ks, j, i], c["y"][m, k:k + 1, j, i]]
+            if self.with_hot:
+                arrays.append(c["hot"][k:k + 1, j, i])
+            flip = rng.random() < 0.5
+            for a, kept in zip(arrays, out):
+                kept.append(np.ascontiguousarray(a[:, :, ::-1] if flip else a, dtype=np.float32))
+        return tuple(torch.from_numpy(np.stack(o)) for o in out[:len(arrays)])
 
 
 HOT = 3.0        # × the input's body mean: lesions and hot organs
@@ -305,15 +350,14 @@ def hot_weighted_l1(pred, target):
 HOT_SUM_WEIGHT = 3.0
 
 
-def hot_sum_loss(pred, target):
+def hot_sum_loss(pred, target, hot):
     """:func:`hot_weighted_l1` plus ``HOT_SUM_WEIGHT`` × the relative error of each window's sum over its hot
-    voxels (target > 3 × the body mean; windows without any are left out of that term). A voxel loss toward a
-    noisy target shrinks a small lesion toward its background (the network cannot tell it from noise); the sum
-    over the lesion is a mean, and lesion SUVmean is a mean. Known flaw (kept so that the preset reproduces
-    v0.3): chosen on the noisy target, the hot voxels are those whose noise came out high, so their target sum
-    is biased high and the network reads hot-ish regions high (the raw v0.3 reads the liver 11-27 % high; the
-    local fit removes it; README, "The liver and the hot-sum loss")."""
-    hot = (target > HOT).float()
+    voxels (``hot``: the truth's hot mask, :func:`truth_hot_mask`; windows without any are left out of that
+    term). A voxel loss toward a noisy target shrinks a small lesion toward its background (the network cannot
+    tell it from noise); the sum over the lesion is a mean, and lesion SUVmean is a mean. The hot voxels come
+    from the truth, not from the noisy target: chosen on the target, they are the voxels whose noise came out
+    high, their sum is biased high, and the v0.3 cnn trained that way read the liver 11-30 % high (README,
+    "The liver and the hot-sum loss")."""
     sums = (target * hot).sum(dim=(1, 2, 3))
     has = (hot.sum(dim=(1, 2, 3)) > 0).float()
     rel = ((pred - target) * hot).sum(dim=(1, 2, 3)).abs() / sums.clamp_min(1e-6)
@@ -326,7 +370,7 @@ def gan_step(adversarial_weight: float):
     import torch
 
     def step_fn(batch, step, state):  # noqa: ARG001
-        x, y = batch
+        x, y, hot = batch
         g, d = state.modules["generator"], state.modules["discriminator"]
         og, od = state.optimizers["generator"], state.optimizers["discriminator"]
         centre = x[:, CONTEXT:CONTEXT + 1]
@@ -339,7 +383,7 @@ def gan_step(adversarial_weight: float):
         od.step()
         og.zero_grad(set_to_none=True)
         adv = ((d(torch.cat([centre, fake], 1))[-1] - 1) ** 2).mean()
-        content = hot_sum_loss(fake, y)
+        content = hot_sum_loss(fake, y, hot)
         (content + adversarial_weight * adv).backward()
         content, adv, loss_d = content.detach(), adv.detach(), loss_d.detach()
         og.step()
@@ -377,6 +421,7 @@ def train_denoise(method: str, out_dir, *, preset: str = "shipped", init=None, d
     dev = pick_device(device)
     lesions, lesion_windows = (SR_LESIONS, 0.0) if method == "sr" else (p.lesions, p.lesion_windows)
     sampler = PairSampler(cases, p.batch, lesion_windows)
+    hot_sampler = None if method == "sr" else PairSampler(cases, p.batch, lesion_windows, with_hot=True)
     fine_steps = p.fine_tune.get(method, 0)
     base_end = 0.85 if fine_steps else 0.9  # the fine-tuning reports 0.85-0.9
     common = dict(steps=steps, seed=seed, checkpoint_dir=checkpoint_dir, progress=progress.sub(0.4, base_end),
@@ -392,27 +437,28 @@ def train_denoise(method: str, out_dir, *, preset: str = "shipped", init=None, d
             module.load_state_dict(cnn.module.state_dict())
             init_from = {"model": cnn.name, "sha256": cnn.card.get("sha256")}
         disc = build_network(discriminator_spec())
-        result = train({"generator": module, "discriminator": disc}, sampler, lr=p.lr / 4,
+        result = train({"generator": module, "discriminator": disc}, hot_sampler, lr=p.lr / 4,
                        step_fn=gan_step(p.adversarial_weight), schedule="constant", **common)
     else:
         result = train(module, sampler, l1_loss if method == "sr" else hot_weighted_l1, lr=p.lr,
                        warmup_steps=steps // 30, **common)
     fine = None
     if fine_steps:  # from the trained network: keep lesion sums (hot_sum_loss)
-        ft = train(module, sampler, hot_sum_loss, steps=fine_steps, lr=p.fine_tune_lr, seed=FINE_TUNE_SEED,
+        ft = train(module, hot_sampler, hot_sum_loss, steps=fine_steps, lr=p.fine_tune_lr, seed=FINE_TUNE_SEED,
                    warmup_steps=fine_steps // 20, device=dev, log_every=max(1, fine_steps // 10),
                    checkpoint_every=fine_steps, progress=progress.sub(base_end, 0.9),
                    checkpoint_dir=None if checkpoint_dir is None else Path(checkpoint_dir) / "fine-tune")
         fine = {"steps": ft["steps"], "lr": ft["lr"], "seed": ft["seed"], "duration_s": ft["duration_s"],
-                "loss": f"hot-weighted L1 + {HOT_SUM_WEIGHT:g} x relative error of each window's hot-voxel sum",
+                "loss": f"hot-weighted L1 + {HOT_SUM_WEIGHT:g} x relative error of each window's sum over the "
+                        "truth's hot voxels",
                 "final_losses": {k: v for k, v in ft["final_losses"].items() if k != "step"}}
     module.eval().cpu()
     training = card_training(result, command or f"nmai train denoise --method {method} --preset {preset}", preset)
     training.update({
         "batch_size": p.batch, "roi": [ROI, ROI],
         "loss": {"gan": f"L1 (voxels > {HOT:g} x body mean x{HOT_WEIGHT:g}) + {HOT_SUM_WEIGHT:g} x relative "
-                        f"hot-sum error + {p.adversarial_weight:g} x least-squares GAN (conditional patch "
-                        "discriminator)",
+                        f"error of the sum over the truth's hot voxels + {p.adversarial_weight:g} x least-squares "
+                        "GAN (conditional patch discriminator)",
                  "cnn": f"L1, voxels > {HOT:g} x the body mean weighted x{HOT_WEIGHT:g}", "sr": "L1"}[method],
         "initialised_from": init_from,
         "fine_tune": fine,

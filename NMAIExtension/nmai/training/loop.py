@@ -84,15 +84,16 @@ def _to_device(batch, device):
 
 
 def supervised_step(loss_fn) -> Callable:
-    """The default step: ``batch = (x, y)``; minimise ``loss_fn(model(x), y)`` with the single optimizer."""
+    """The default step: ``batch = (x, y, *more)``; minimise ``loss_fn(model(x), y, *more)`` with the single
+    optimizer."""
     def step_fn(batch, step, state: TrainState) -> dict:  # noqa: ARG001
         import torch
 
         (name, module), = state.modules.items()
         optimizer = state.optimizers[name]
-        x, y = batch
+        x, *targets = batch
         optimizer.zero_grad(set_to_none=True)
-        loss = loss_fn(module(x), y)
+        loss = loss_fn(module(x), *targets)
         loss.backward()
         if state.grad_clip:
             torch.nn.utils.clip_grad_norm_(module.parameters(), state.grad_clip)
