@@ -61,6 +61,7 @@ class NMAIDenoiseParameterNode:
     inputUnits: Annotated[str, Choice([UNITS_FROM_NODE, "Bq/ml", "SUVbw", "SUVlbm"])] = UNITS_FROM_NODE
     method: Annotated[str, Choice(list(METHODS))] = "cnn"
     fwhmMm: Annotated[float, WithinRange(*FWHM_RANGE_MM)] = DEFAULT_FWHM_MM
+    fitSignificance: Annotated[float, WithinRange(-1.0, 10.0)] = -1.0   # < 0: the model card's
     modelPath: str = ""
     referenceVolume: vtkMRMLScalarVolumeNode
 
@@ -105,6 +106,7 @@ class NMAIDenoiseWidget(ParameterNodeWidgetMixin, ScriptedLoadableModuleWidget, 
         gaussian = method == "gaussian"
         self.ui.fwhmSpinBox.enabled = gaussian
         self.ui.modelPathLineEdit.enabled = not gaussian
+        self.ui.fitSignificanceSpinBox.enabled = not gaussian
         self.ui.methodComboBox.toolTip = self._methodTip(method)
         ready = bool(p and p.inputVolume)
         running = self.monitor is not None and self.monitor.running

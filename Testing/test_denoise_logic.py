@@ -18,6 +18,7 @@ import pytest
 
 from geometry_cases import GEOMETRIES
 from nmai import NMAIError, Volume
+from nmai.denoise.training import FIT_SIGNIFICANCE
 
 slicer = pytest.importorskip("slicer", reason="slicer-core is not installed (pip install slicer-core)")
 
@@ -106,7 +107,7 @@ def test_output_is_a_new_pet_node_on_the_oblique_input_grid(study, tiny_cnn, met
         assert out.GetAttribute("NMAI.model") == "denoise-cnn"
         assert out.GetAttribute("NMAI.modelSha256") == model_sha(tiny_cnn) == info["model_sha256"]
         assert parameters == {"model": "denoise-cnn", "model_path": os.path.abspath(tiny_cnn),
-                              "local_fit_voxels": [3, 3, 3], "local_fit_significance": 0.0,
+                              "local_fit_voxels": [3, 3, 3], "local_fit_significance": FIT_SIGNIFICANCE["cnn"],
                               "resolution_recovery": None}
     else:
         assert parameters == {"fwhm_mm": 6.0} and out.GetAttribute("NMAI.modelSha256") == ""
@@ -159,14 +160,18 @@ def test_fit_significance_reaches_the_engine_and_is_recorded(study, tiny_cnn):
 def test_background_run_with_a_model_folder_and_panel_choices(study, tiny_cnn):
     node = pet_node(study, "PET", geometry="lps")
     p = types.SimpleNamespace(inputVolume=node, inputUnits="recorded on the node", method="cnn", fwhmMm=6.0,
-                              modelPath=" " + tiny_cnn + " ")
+                              modelPath=" " + tiny_cnn + " ", fitSignificance=-1.0)
     handle = NMAIDenoiseLogic().processParameters(p, wait=False)
     nodes = handle.wait(timeout=300)
     assert list(nodes) == ["denoised"] and handle.node.GetName() == "PET_denoised"
     assert handle.node.GetAttribute("NMAI.modelSha256") == model_sha(tiny_cnn)
     assert NMAIDenoiseLogic.noteOf(handle) is None
-    assert json.loads(handle.node.GetAttribute("NMAI.parameters"))["local_fit_significance"] == 0.0  # card's
-    p.method = "gaussian"  # the spin box value is used for gaussian only
+    card = json.load(open(f"{tiny_cnn}/metadata.json"))
+    assert json.loads(handle.node.GetAttribute("NMAI.parameters"))["local_fit_significance"] == card["local_fit_significance"]
+    p.fitSignificance = 2.5   # the panel's fit significance reaches the engine
+    out = NMAIDenoiseLogic().processParameters(p, wait=True)
+    assert json.loads(out.GetAttribute("NMAI.parameters"))["local_fit_significance"] == 2.5
+    p.method = "gaussian"  # the FWHM spin box is used for gaussian only, the fit significance is not
     out = NMAIDenoiseLogic().processParameters(p, wait=True)
     assert json.loads(out.GetAttribute("NMAI.parameters")) == {"fwhm_mm": 6.0}
 

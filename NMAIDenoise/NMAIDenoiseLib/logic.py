@@ -139,9 +139,9 @@ class NMAIDenoiseLogic(ModuleLogic):
         :param method: ``cnn``, ``gan``, ``sr`` (learned) or ``gaussian`` (the baseline post-filter).
         :param fwhm_mm: gaussian only: filter FWHM in mm (default 6).
         :param model: cnn/gan/sr only: a model folder or a built-in model name (default ``denoise-<method>``).
-        :param fit_significance: cnn/gan/sr only: z of the local fit's corrections (default: the model card's, 0:
-            the plain fit; larger: closer to the network's output, less noise; with the shipped weights it keeps
-            part of their raw output's liver inflation — README).
+        :param fit_significance: cnn/gan/sr only: z of the local fit's corrections (default: the model card's,
+            2 for denoise-cnn, 0 for denoise-gan and denoise-sr; 0: the plain fit, the input's level
+            everywhere; larger: closer to the network's output, less noise, small lesions read lower — README).
         :param units: ``"Bq/ml"``, ``"SUVbw"`` or ``"SUVlbm"`` when the node does not record its units.
         :param wait: True: run here and return the output node (the engine's note in ``lastNote``). False: run
             in a child process and return a :class:`NMAIExtensionLib.task.TaskHandle` (poll it;
@@ -221,8 +221,9 @@ class NMAIDenoiseLogic(ModuleLogic):
         units = p.inputUnits if p.inputUnits in PET_UNITS else None
         if p.method == "gaussian":
             return self.process(p.inputVolume, method="gaussian", fwhm_mm=p.fwhmMm, units=units, wait=wait)
+        z = getattr(p, "fitSignificance", -1.0)  # the panel's "model default" is -1
         return self.process(p.inputVolume, method=p.method, model=(p.modelPath or "").strip() or None, units=units,
-                            wait=wait)
+                            wait=wait, fit_significance=None if z is None or z < 0 else float(z))
 
     @staticmethod
     def modelInstalled(method: str) -> bool:
