@@ -167,7 +167,8 @@ def test_background_run_with_a_model_folder_and_panel_choices(study, tiny_cnn):
     assert handle.node.GetAttribute("NMAI.modelSha256") == model_sha(tiny_cnn)
     assert NMAIDenoiseLogic.noteOf(handle) is None
     card = json.load(open(f"{tiny_cnn}/metadata.json"))
-    assert json.loads(handle.node.GetAttribute("NMAI.parameters"))["local_fit_significance"] == card["local_fit_significance"]
+    recorded = json.loads(handle.node.GetAttribute("NMAI.parameters"))["local_fit_significance"]
+    assert recorded == card["local_fit_significance"]
     p.fitSignificance = 2.5   # the panel's fit significance reaches the engine
     out = NMAIDenoiseLogic().processParameters(p, wait=True)
     assert json.loads(out.GetAttribute("NMAI.parameters"))["local_fit_significance"] == 2.5

@@ -309,7 +309,7 @@ class PairSampler:
     def __call__(self, step: int, rng: np.random.Generator):
         import torch
 
-        out = ([], [], [])
+        out = ([], [], []) if self.with_hot else ([], [])
         for _ in range(self.batch):
             c = self.cases[int(rng.integers(len(self.cases)))]
             n, nz, ny, nx = c["x"].shape
@@ -329,7 +329,7 @@ class PairSampler:
             flip = rng.random() < 0.5
             for a, kept in zip(arrays, out):
                 kept.append(np.ascontiguousarray(a[:, :, ::-1] if flip else a, dtype=np.float32))
-        return tuple(torch.from_numpy(np.stack(o)) for o in out[:len(arrays)])
+        return tuple(torch.from_numpy(np.stack(o)) for o in out)
 
 
 HOT = 3.0        # × the input's body mean: lesions and hot organs
