@@ -18,7 +18,7 @@ import pytest
 
 from geometry_cases import GEOMETRIES
 from nmai import NMAIError, Volume
-from nmai.denoise.training import FIT_SIGNIFICANCE
+from nmai.denoise.training import FIT_SIGNIFICANCE, HOT_SPOT_FIT
 
 slicer = pytest.importorskip("slicer", reason="slicer-core is not installed (pip install slicer-core)")
 
@@ -108,6 +108,7 @@ def test_output_is_a_new_pet_node_on_the_oblique_input_grid(study, tiny_cnn, met
         assert out.GetAttribute("NMAI.modelSha256") == model_sha(tiny_cnn) == info["model_sha256"]
         assert parameters == {"model": "denoise-cnn", "model_path": os.path.abspath(tiny_cnn),
                               "local_fit_voxels": [3, 3, 3], "local_fit_significance": FIT_SIGNIFICANCE["cnn"],
+                              "hot_spot_fit": {k: HOT_SPOT_FIT["cnn"][k] for k in ("ratio", "window")},
                               "resolution_recovery": None}
     else:
         assert parameters == {"fwhm_mm": 6.0} and out.GetAttribute("NMAI.modelSha256") == ""

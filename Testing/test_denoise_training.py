@@ -71,26 +71,31 @@ def test_hot_sum_loss_adds_the_relative_error_of_each_windows_hot_sum():
     pred = target.clone()
     pred[0, 0, 2:4, 2:4] = 8.0                         # lesion read 20 % low
     pred[1, 0, 0, 0] = 5.0                             # a hot error where the truth has no hot voxel
-    base = hot_weighted_l1(pred, target)
+    base = hot_weighted_l1(pred, target, hot)
     # only window 0 has hot voxels: its relative hot-sum error is 8/40 = 0.2
     assert float(hot_sum_loss(pred, target, hot)) == pytest.approx(float(base) + HOT_SUM_WEIGHT * 0.2, rel=1e-6)
     # a lesion whose voxels err both ways but keep their sum costs only the voxel term
     pred[0, 0, 2, 2:4], pred[0, 0, 3, 2:4] = 12.0, 8.0
-    assert float(hot_sum_loss(pred, target, hot)) == pytest.approx(float(hot_weighted_l1(pred, target)), rel=1e-6)
+    assert float(hot_sum_loss(pred, target, hot)) == pytest.approx(float(hot_weighted_l1(pred, target, hot)), rel=1e-6)
 
 
 def test_hot_sum_loss_sums_over_the_truths_hot_voxels_not_the_noisy_targets():
-    """A background voxel whose noise came out above the threshold is not a hot voxel: the sum is over the
-    truth's mask, so an output that reads it at its true (background) level is not pulled up."""
+    """A background voxel whose noise came out above the threshold is not a hot voxel: weights and sums follow
+    the truth's mask, so an output that reads it at its true (background) level is not pulled up."""
     import torch
 
-    from nmai.denoise.training import HOT, hot_sum_loss, hot_weighted_l1
+    from nmai.denoise.training import HOT, HOT_WEIGHT, hot_sum_loss, hot_weighted_l1
 
     target = torch.ones(1, 1, 8, 8)
     target[0, 0, 5, 5] = HOT + 2.0                     # noise, not a lesion
     pred = torch.ones_like(target)                     # the truth
     no_hot = torch.zeros_like(target)
-    assert float(hot_sum_loss(pred, target, no_hot)) == pytest.approx(float(hot_weighted_l1(pred, target)), rel=1e-6)
+    l1 = float((pred - target).abs().mean())
+    # with the truth's mask the noise voxel is neither weighted up nor summed: plain L1
+    assert float(hot_weighted_l1(pred, target, no_hot)) == pytest.approx(l1, rel=1e-6)
+    assert float(hot_sum_loss(pred, target, no_hot)) == pytest.approx(l1, rel=1e-6)
+    # chosen on the noisy target it would be both
+    assert float(hot_weighted_l1(pred, target)) == pytest.approx(HOT_WEIGHT * l1, rel=1e-6)
     assert float(hot_sum_loss(pred, target, (target > HOT).float())) > float(hot_weighted_l1(pred, target)) + 1.0
 
 

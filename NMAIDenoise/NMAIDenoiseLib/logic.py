@@ -140,8 +140,9 @@ class NMAIDenoiseLogic(ModuleLogic):
         :param fwhm_mm: gaussian only: filter FWHM in mm (default 6).
         :param model: cnn/gan/sr only: a model folder or a built-in model name (default ``denoise-<method>``).
         :param fit_significance: cnn/gan/sr only: z of the local fit's corrections (default: the model card's,
-            2 for denoise-cnn, 0 for denoise-gan and denoise-sr; 0: the plain fit, the input's level
-            everywhere; larger: closer to the network's output, less noise, small lesions read lower — README).
+            4 for denoise-cnn, whose hot spots keep the plain fit, 0 for denoise-gan and denoise-sr; 0: the plain
+            fit, the input's level everywhere; larger: closer to the network's output, less noise, lesions that
+            are not hot spots read lower — README).
         :param units: ``"Bq/ml"``, ``"SUVbw"`` or ``"SUVlbm"`` when the node does not record its units.
         :param wait: True: run here and return the output node (the engine's note in ``lastNote``). False: run
             in a child process and return a :class:`NMAIExtensionLib.task.TaskHandle` (poll it;

@@ -30,8 +30,8 @@ def add_parser(sub):
                    help="attenuation: comma-separated unet (Dixon U-Net), dixon4, unet-t1 (T1 U-Net), unet-raw (Dixon "
                         "U-Net without its soft-tissue smoothing); default "
                         "unet,dixon4. denoise: cnn, gan, gaussian (matched-noise Gaussian and the NEMA curve), "
-                        "prior (CNN-prior reconstruction), sr (super-resolution), cnn-raw / cnn-fit (the cnn without "
-                        "its local fit / with the plain fit, significance 0); "
+                        "prior (CNN-prior reconstruction), sr (super-resolution), cnn-raw / cnn-fit / cnn-nospots (the "
+                        "cnn without its local fit / with the plain fit, significance 0 / without its hot-spot fit); "
                         "default all")
     p.add_argument("--model", metavar="PATH|NAME",
                    help="attenuation: Dixon U-Net model (default attenuation-dixon-unet); denoise: the cnn model, "

@@ -5,10 +5,12 @@ network trained toward the mean smooths small lesions and, off its training coun
 refitting its output to the data in 3 × 3 × 3-voxel windows keeps its structure but the data's local level.
 The plain fit also gives back part of the noise the network removed; with a ``significance`` z > 0 each
 window's correction is kept only as far as it stands out of the noise (z standard errors:
-:func:`nmai.denoise.prior.local_linear_fit`), so the network's output stays where it agrees with the data.
-Whether the fit runs by default and its significance are the model card's ``local_fit`` (true when absent) and
-``local_fit_significance`` (0 when absent; shipped: cnn 2, gan and sr 0, chosen on phantoms —
-README). ``local_fit`` and ``fit_significance`` override the card.
+:func:`nmai.denoise.prior.local_linear_fit`), so the network's output stays where it agrees with the data; the
+network output's hot spots (lesions) can take the plain fit all the same (:func:`nmai.denoise.prior.hot_spot_fit`).
+Whether the fit runs by default, its significance and the hot spots are the model card's ``local_fit`` (true when
+absent), ``local_fit_significance`` (0 when absent) and ``hot_spot_fit`` (none when absent); shipped: cnn z 4 with
+hot spots, gan and sr 0, chosen on phantoms — README. ``local_fit``, ``fit_significance`` and ``hot_spots``
+override the card.
 
 ``sr`` then recovers resolution: Richardson–Lucy deconvolution of the input scanner's resolution (the blur
 its OSEM did not model; ``resolution_recovery`` in the model card), started from the fitted network output.
@@ -67,8 +69,8 @@ def network_grid(volume: Volume, training_mm=(3.0, 5.0)):
 
 
 def denoise_volume(volume: Volume, method: str = "cnn", *, fwhm_mm: float | None = None, model=None,
-                   local_fit: bool | None = None, fit_significance: float | None = None, progress=None,
-                   **predict_kw) -> tuple[Volume, dict]:
+                   local_fit: bool | None = None, fit_significance: float | None = None,
+                   hot_spots: bool | None = None, progress=None, **predict_kw) -> tuple[Volume, dict]:
     """Denoise ``volume`` (PET, Bq/ml or SUV) with ``method``; returns (output Volume, info dict).
 
     ``fwhm_mm``: gaussian: the filter's FWHM (default 6 mm); sr: the FWHM of the resolution to recover, i.e.
@@ -81,6 +83,9 @@ def denoise_volume(volume: Volume, method: str = "cnn", *, fwhm_mm: float | None
     raw network output of every method.
     ``fit_significance`` (default: the card's ``local_fit_significance``, 0 when absent): z of the fit's
     corrections to keep (0: the plain fit, the data's level everywhere; larger: closer to the network).
+    ``hot_spots`` (default: true when the card has ``hot_spot_fit``): with z > 0, the network's hot spots take
+    the plain fit (:func:`nmai.denoise.prior.hot_spot_fit`, the card's ``ratio`` and ``window``): lesions keep
+    the input's level, the rest the network's noise suppression.
     ``predict_kw`` go to :func:`nmai.inference.predict_volume` (threads, memory limit, device, ...).
     """
     from ..filters import gaussian_filter
@@ -110,6 +115,14 @@ def denoise_volume(volume: Volume, method: str = "cnn", *, fwhm_mm: float | None
     z = float(loaded.card.get("local_fit_significance", 0.0) if fit_significance is None else fit_significance)
     if not (math.isfinite(z) and z >= 0):
         raise NMAIError(f"--fit-significance must be a finite number >= 0 (0: the plain local fit), got {z}")
+    spots = loaded.card.get("hot_spot_fit")
+    if hot_spots and not spots:
+        raise NMAIError(f"model '{loaded.name}' has no hot-spot fit in its card (hot_spot_fit); leave --hot-spots "
+                        "off for it")
+    if hot_spots is not None and not local_fit:
+        raise NMAIError("--hot-spots/--no-hot-spots set the local fit, which --no-local-fit turns off; "
+                        "give one of them")
+    spots = spots if (hot_spots is None or hot_spots) and local_fit and z > 0 else None
     progress(0.0, f"loading {loaded.name}")
     training_mm = tuple(loaded.card.get("training", {}).get("data", {}).get("voxel_mm_range", (3.0, 5.0)))
     spacing, note = network_grid(volume, training_mm)
@@ -120,10 +133,15 @@ def denoise_volume(volume: Volume, method: str = "cnn", *, fwhm_mm: float | None
         y = resample_to_reference(source.derive(y), volume).array
     y = np.maximum(y, 0.0).astype(np.float32)
     if local_fit:
-        from .prior import local_linear_fit
+        from .prior import hot_spot_fit, local_linear_fit
 
         progress(0.96, "local linear fit to the input")
-        y = np.maximum(local_linear_fit(y, volume.array, window=FIT_WINDOW, significance=z), 0.0)
+        if spots:
+            y = hot_spot_fit(y, volume.array, window=FIT_WINDOW, significance=z, ratio=spots["ratio"],
+                             spot_window=spots["window"])
+        else:
+            y = local_linear_fit(y, volume.array, window=FIT_WINDOW, significance=z)
+        y = np.maximum(y, 0.0)
     recovery = loaded.card.get("resolution_recovery") if method == "sr" and local_fit else None
     if recovery and fwhm_mm is not None:
         recovery = dict(recovery, psf_fwhm_mm=float(fwhm_mm)) if fwhm_mm > 0 else None
@@ -142,6 +160,7 @@ def denoise_volume(volume: Volume, method: str = "cnn", *, fwhm_mm: float | None
     info = {"method": method, "model": loaded.name, "model_version": loaded.version,
             "model_sha256": loaded.sha256, "local_fit_voxels": list(FIT_WINDOW) if local_fit else None,
             "local_fit_significance": z if local_fit else None,
+            "hot_spot_fit": {"ratio": list(spots["ratio"]), "window": spots["window"]} if spots else None,
             "resolution_recovery": ({"psf_fwhm_mm": recovery["psf_fwhm_mm"], "iterations": recovery["iterations"]}
                                     if recovery else None),
             "note": note}

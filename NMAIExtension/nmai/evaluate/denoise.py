@@ -45,8 +45,11 @@ from ..errors import NMAIError
 from ..progress import as_progress
 from ..volume import Volume
 
-# cnn-raw: the cnn without its local fit; cnn-fit: with the plain fit (significance 0, the data's level everywhere)
-METHODS = ("cnn", "gan", "gaussian", "prior", "sr", "cnn-raw", "cnn-fit")
+# cnn-raw: the cnn without its local fit; cnn-fit: with the plain fit (significance 0, the data's level everywhere);
+# cnn-nospots: with its card's significance but without the hot-spot fit
+METHODS = ("cnn", "gan", "gaussian", "prior", "sr", "cnn-raw", "cnn-fit", "cnn-nospots")
+CNN_VARIANTS = {"cnn-raw": dict(local_fit=False), "cnn-fit": dict(local_fit=True, fit_significance=0.0),
+                "cnn-nospots": dict(hot_spots=False)}
 DEFAULT_METHODS = METHODS
 LEARNED = ("cnn", "gan", "prior")          # each compared with a Gaussian at matched noise
 NETWORK_METHODS = ("cnn", "gan")           # image-to-image networks checked for unit invariance
@@ -477,7 +480,7 @@ def evaluate_case(seed: int, methods, models: dict, fractions, settings: dict, p
             if m in methods:
                 p(0.3, f"seed {seed}, {100 * f:g} % counts: {m}")
                 images[m], _ = denoise_volume(low, m, model=models[m], **_kw(settings))
-        for key, fit in (("cnn-raw", dict(local_fit=False)), ("cnn-fit", dict(local_fit=True, fit_significance=0.0))):
+        for key, fit in CNN_VARIANTS.items():
             if key in methods:
                 images[key], _ = denoise_volume(low, "cnn", model=models["cnn"], **fit, **_kw(settings))
         if "prior" in methods:
@@ -867,7 +870,7 @@ def evaluate_denoise(*, cases: int = 10, seed_start: int = DEFAULT_SEED_START, m
                     subsets=subsets or base["subsets"], realisations=realisations or base["realisations"])
     if settings["realisations"] < 1:
         raise NMAIError("--realisations must be at least 1")
-    needs = {"cnn": {"cnn", "prior", "cnn-raw", "cnn-fit"}, "gan": {"gan"}, "sr": {"sr"}}
+    needs = {"cnn": {"cnn", "prior", *CNN_VARIANTS}, "gan": {"gan"}, "sr": {"sr"}}
     refs = {"cnn": model, "gan": gan_model, "sr": sr_model}
     models = {k: _model(k, refs[k]) for k, uses in needs.items() if uses & set(methods)}
     provenance = {k: _provenance(m) for k, m in models.items()}

@@ -6,7 +6,8 @@ bundle metadata fields where they fit (``version``, ``monai_version``, ``pytorch
 fields: ``network`` (an allowlisted builder and its keyword arguments, never code), ``sha256`` of the weights
 file, ``training`` (command, seed, preset, duration, device, steps) and ``nmai_card_version``. A denoising
 model may add ``local_fit`` (whether its output is fitted to its input by default),
-``local_fit_significance`` (the z of that fit's corrections, 0: the plain fit) and a super-resolution
+``local_fit_significance`` (the z of that fit's corrections, 0: the plain fit), ``hot_spot_fit`` (``ratio``,
+``window``: where the output is a hot spot, the plain fit instead) and a super-resolution
 model ``resolution_recovery`` (``psf_fwhm_mm``, ``iterations``: the deconvolution run after it); see
 :mod:`nmai.denoise.apply`.
 A MONAI bundle layout (``configs/metadata.json`` + ``models/model.safetensors``) is accepted as well.
@@ -254,6 +255,12 @@ def validate_card(card, source="model card", *, require_sha: bool = True) -> dic
               f"is {kwargs['spatial_dims']}, but network_data_format.dims is {fmt['dims']}")
     _field(source, c, "local_fit", "", "bool", required=False)  # denoise: fit the output to the input
     _field(source, c, "local_fit_significance", "", "nonneg", required=False)  # z of the fit's corrections
+    spots = _field(source, c, "hot_spot_fit", "", "dict", required=False)
+    if spots is not None:  # denoise: hot spots take the plain fit (nmai.denoise.prior.hot_spot_fit)
+        _unknown(source, spots, {"ratio", "window"}, "hot_spot_fit.", {"why"})
+        if _field(source, spots, "ratio", "hot_spot_fit.", "range_or_null") is None or spots["ratio"][0] <= 0:
+            _fail(source, "hot_spot_fit.ratio", f"is {spots['ratio']!r}, expected [low, high] with 0 < low < high")
+        _field(source, spots, "window", "hot_spot_fit.", "pos_int")
     recovery = _field(source, c, "resolution_recovery", "", "dict", required=False)
     if recovery is not None:  # denoise sr: Richardson-Lucy after the network (nmai.denoise.apply)
         _unknown(source, recovery, {"psf_fwhm_mm", "iterations"}, "resolution_recovery.", {"why"})
