@@ -73,7 +73,8 @@ def test_quick_evaluation_runs_end_to_end_and_writes_the_documented_json(models,
 
     wb = r["wholebody"]
     assert wb["seeds"] == [100] and wb["fractions"] == [0.1, 1.0] and wb["off_training_fractions"] == ["1"]
-    keys = {"osem", "cnn", "cnn-raw", "cnn-fit", "gan", "prior", "gaussian@cnn", "gaussian@gan", "gaussian@prior"}
+    keys = {"osem", "cnn", "cnn-raw", "cnn-fit", "cnn-nospots", "gan", "prior", "gaussian@cnn", "gaussian@gan",
+            "gaussian@prior"}
     assert set(wb["summary"]) == keys
     case = wb["per_case"][0]
     assert case["lesions"] and all(les["diameter_mm"] >= 10 for les in case["lesions"])
