@@ -122,7 +122,7 @@ def denoise_volume(volume: Volume, method: str = "cnn", *, fwhm_mm: float | None
     if hot_spots is not None and not local_fit:
         raise NMAIError("--hot-spots/--no-hot-spots set the local fit, which --no-local-fit turns off; "
                         "give one of them")
-    spots = spots if (hot_spots is None or hot_spots) and local_fit and z > 0 else None
+    spots = spots if hot_spots is not False and local_fit and z > 0 else None
     progress(0.0, f"loading {loaded.name}")
     training_mm = tuple(loaded.card.get("training", {}).get("data", {}).get("voxel_mm_range", (3.0, 5.0)))
     spacing, note = network_grid(volume, training_mm)

@@ -243,6 +243,9 @@ def _pad(case: dict) -> dict:
     return case
 
 
+CACHED = ("x", "y", "centres", "hot")   # what a training case keeps in the cache (hot: cnn/gan only)
+
+
 def build_cases(seeds, method: str, preset: Preset, workers: int = 1, cache_dir=None, progress=None) -> list[dict]:
     """Build (or load from ``cache_dir``: ``<kind>-<seed>.npz``, no pickle) the training cases. A cached
     cnn/gan case from before the truth masks (NMAI ≤ 0.3 models) gets its mask from its re-made phantom."""
@@ -256,9 +259,8 @@ def build_cases(seeds, method: str, preset: Preset, workers: int = 1, cache_dir=
     def store(case):
         from ..io import atomic_path
 
-        keys = ("x", "y", "centres", "hot") if "hot" in case else ("x", "y", "centres")
         with atomic_path(cache / f"{kind}-{case['seed']}.npz") as tmp, open(tmp, "wb") as fh:
-            np.savez(fh, **{k: case[k] for k in keys})
+            np.savez(fh, **{k: case[k] for k in CACHED if k in case})
 
     if cache is not None:
         cache.mkdir(parents=True, exist_ok=True)
@@ -266,7 +268,7 @@ def build_cases(seeds, method: str, preset: Preset, workers: int = 1, cache_dir=
             f = cache / f"{kind}-{s}.npz"
             if f.exists():
                 with np.load(f, allow_pickle=False) as z:
-                    cases[s] = {k: z[k] for k in ("x", "y", "centres", "hot") if k in z}
+                    cases[s] = {k: z[k] for k in CACHED if k in z}
                 cases[s]["seed"] = s
                 cases[s].setdefault("centres", np.zeros((0, 3), np.int32))
                 if method != "sr" and "hot" not in cases[s]:
